@@ -1,0 +1,27 @@
+"""What every command shares: user errors become one paragraph on stderr and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from ..errors import DeclcnnError
+
+
+def user_errors(func):
+    """Run a command body; a ``DeclcnnError`` is printed without a traceback and exits 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except DeclcnnError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
+        except MemoryError:
+            click.echo("error: out of memory; try a smaller --batch-size or input.", err=True)
+            sys.exit(1)
+
+    return wrapper

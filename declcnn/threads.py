@@ -1,0 +1,48 @@
+"""The one place the kernels' thread count comes from.
+
+Order: ``set_num_threads(n)``, else ``DECLCNN_NUM_THREADS``, else the cores this process may use.
+Every kernel call receives the number explicitly; nothing reads OpenMP's global state.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import DeclcnnError
+
+_num_threads: int | None = None
+
+
+def available_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _parse(value, origin: str) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(value).strip() != str(n):
+        raise DeclcnnError(
+            f"{origin}: the thread count must be a whole number ≥ 1; got {value!r}. "
+            f"Use e.g. 1 or {available_cores()} (the cores available here)."
+        )
+    return n
+
+
+def set_num_threads(n: int | None) -> None:
+    """Fix the kernels' thread count; None returns to the environment's or the default."""
+    global _num_threads
+    _num_threads = None if n is None else _parse(n, "set_num_threads")
+
+
+def get_num_threads() -> int:
+    if _num_threads is not None:
+        return _num_threads
+    env = os.environ.get("DECLCNN_NUM_THREADS")
+    if env:
+        return _parse(env, "DECLCNN_NUM_THREADS")
+    return available_cores()
