@@ -1,0 +1,3 @@
+"""declcnn check commands (being written)."""
+
+from . import main  # noqa: F401

@@ -1,0 +1,3 @@
+"""declcnn rf commands (being written)."""
+
+from . import main  # noqa: F401

@@ -1,0 +1,3 @@
+"""declcnn train commands (being written)."""
+
+from . import main  # noqa: F401
