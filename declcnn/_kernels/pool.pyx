@@ -1,0 +1,377 @@
+"""Pooling loops: max, average and adaptive, forward and backward, NCHW C-contiguous.
+
+Every N·C plane is independent, so forwards split the N·C·OH output rows over threads and
+backwards split the N·C input planes (a plane's gradient is written by one thread only, which
+needs no reduction and gives the same bits for any thread count).  The ops in
+``declcnn/ops/pool.py`` validate, compute output sizes and bins, and allocate; these loops trust
+them.  Window rules follow PyTorch's CPU kernels: max takes the first maximum in scan order and a
+NaN always wins (so the last NaN is kept); average divides by the window clipped to the padded
+input (``count_include_pad``) or to the input.
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport INFINITY
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+
+from cython cimport floating
+
+
+cdef struct Span:
+    Py_ssize_t start    # first input index the window reads
+    Py_ssize_t end      # one past the last
+    Py_ssize_t padded   # average pooling: the window's length clipped to the padded input
+
+
+cdef inline Span _dilated_span(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t kernel,
+                               Py_ssize_t dilation, Py_ssize_t size) noexcept nogil:
+    """Taps ``start, start+d, … < end`` of output ``o``'s window that fall inside the input."""
+    cdef Span span
+    cdef Py_ssize_t first = o * stride - pad
+    span.end = min(first + (kernel - 1) * dilation + 1, size)
+    if first < 0:
+        # skip the taps that land in the padding, staying on the dilation grid
+        first += ((-first + dilation - 1) // dilation) * dilation
+    span.start = first
+    span.padded = 0
+    return span
+
+
+cdef inline Span _avg_span(Py_ssize_t o, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t kernel,
+                           Py_ssize_t size) noexcept nogil:
+    """Output ``o``'s window clipped to the input; ``padded`` is its length clipped to the padded
+    input (a ceil_mode window hanging past the padding does not count its overhang)."""
+    cdef Span span
+    cdef Py_ssize_t first = o * stride - pad
+    cdef Py_ssize_t last = min(first + kernel, size + pad)
+    span.start = max(first, 0)
+    span.end = min(last, size)
+    span.padded = last - first
+    return span
+
+
+cdef inline Py_ssize_t _divisor(Span h, Span w, bint count_include_pad) noexcept nogil:
+    if count_include_pad:
+        return h.padded * w.padded
+    return (h.end - h.start) * (w.end - w.start)
+
+
+cdef inline floating _window_max(const floating *plane, Py_ssize_t W,
+                                 Py_ssize_t hs, Py_ssize_t he, Py_ssize_t dh,
+                                 Py_ssize_t ws, Py_ssize_t we, Py_ssize_t dw,
+                                 int64_t *where) noexcept nogil:
+    cdef floating best = -INFINITY
+    cdef floating v
+    cdef Py_ssize_t h, w
+    where[0] = hs * W + ws
+    h = hs
+    while h < he:
+        w = ws
+        while w < we:
+            v = plane[h * W + w]
+            if v > best or v != v:
+                best = v
+                where[0] = h * W + w
+            w += dw
+        h += dh
+    return best
+
+
+cdef inline floating _window_sum(const floating *plane, Py_ssize_t W, Py_ssize_t hs,
+                                 Py_ssize_t he, Py_ssize_t ws, Py_ssize_t we) noexcept nogil:
+    cdef floating total = 0
+    cdef Py_ssize_t h, w
+    for h in range(hs, he):
+        for w in range(ws, we):
+            total = total + plane[h * W + w]
+    return total
+
+
+cdef inline void _window_add(floating *plane, Py_ssize_t W, Py_ssize_t hs, Py_ssize_t he,
+                             Py_ssize_t ws, Py_ssize_t we, floating g) noexcept nogil:
+    cdef Py_ssize_t h, w
+    for h in range(hs, he):
+        for w in range(ws, we):
+            plane[h * W + w] += g
+
+
+cdef inline void _pick(floating v, int64_t at, floating *best, int64_t *where) noexcept nogil:
+    if v > best[0] or v != v:
+        best[0] = v
+        where[0] = at
+
+
+cdef inline void _max_row_pairs(const floating *row0, Py_ssize_t W, Py_ssize_t base,
+                                floating *y_row, int64_t *i_row,
+                                Py_ssize_t full) noexcept nogil:
+    """k2 s2 p0 d1: the ``full`` complete windows over input rows ``base/W`` and the next one.
+
+    Starting from the first tap equals PyTorch's start from −inf (a −inf or NaN first tap keeps
+    its index either way)."""
+    cdef const floating *row1 = row0 + W
+    cdef Py_ssize_t ow, c
+    cdef floating best
+    cdef int64_t where
+    for ow in range(full):
+        c = 2 * ow
+        best = row0[c]
+        where = base + c
+        _pick(row0[c + 1], base + c + 1, &best, &where)
+        _pick(row1[c], base + W + c, &best, &where)
+        _pick(row1[c + 1], base + W + c + 1, &best, &where)
+        y_row[ow] = best
+        i_row[ow] = where
+
+
+cdef inline void _avg_row_pairs(const floating *row0, Py_ssize_t W, floating *y_row,
+                                Py_ssize_t full) noexcept nogil:
+    cdef const floating *row1 = row0 + W
+    cdef Py_ssize_t ow, c
+    for ow in range(full):
+        c = 2 * ow
+        # PyTorch's order: row by row, left to right; /4 is exact as ·0.25
+        y_row[ow] = (((row0[c] + row0[c + 1]) + row1[c]) + row1[c + 1]) * <floating>0.25
+
+
+def max_pool2d_forward(const floating[:, :, :, ::1] x not None,
+                       floating[:, :, :, ::1] y not None,
+                       int64_t[:, :, :, ::1] indices not None,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
+                       int num_threads):
+    """``y[n,c,i,j] = max over a<kh, b<kw of x[n,c, i·sh−ph+a·dh, j·sw−pw+b·dw]`` (taps in the
+    padding skipped) and ``indices`` the flat ``h·W+w`` of that tap.  Every window must hold at
+    least one input tap (the op checks)."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t rows = x.shape[0] * x.shape[1] * OH
+    if rows == 0 or OW == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef int64_t *ip = &indices[0, 0, 0, 0]
+    cdef bint pairs = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 \
+        and dh == 1 and dw == 1
+    # with ceil_mode an odd side adds a last, clipped window: the general loop takes it
+    cdef Py_ssize_t full = min(OW, W // 2) if pairs else 0
+    cdef Py_ssize_t r, oh, ow
+    cdef Span hspan, wspan
+    cdef const floating *plane
+    with nogil:
+        for r in prange(rows, schedule='static', num_threads=num_threads):
+            plane = xp + (r // OH) * H * W
+            oh = r % OH
+            ow = 0
+            if pairs and 2 * oh + 1 < H:
+                _max_row_pairs(plane + 2 * oh * W, W, 2 * oh * W, yp + r * OW, ip + r * OW, full)
+                ow = full
+            hspan = _dilated_span(oh, sh, ph, kh, dh, H)
+            while ow < OW:
+                wspan = _dilated_span(ow, sw, pw, kw, dw, W)
+                yp[r * OW + ow] = _window_max(plane, W, hspan.start, hspan.end, dh,
+                                              wspan.start, wspan.end, dw, ip + r * OW + ow)
+                ow = ow + 1
+
+
+def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x not None,
+                                floating[:, :, :, ::1] y not None,
+                                int64_t[:, :, :, ::1] indices not None,
+                                const int64_t[::1] row_start not None,
+                                const int64_t[::1] row_end not None,
+                                const int64_t[::1] col_start not None,
+                                const int64_t[::1] col_end not None,
+                                int num_threads):
+    """``y[n,c,i,j] = max of x[n,c, row_start[i]:row_end[i], col_start[j]:col_end[j]]``."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t rows = x.shape[0] * x.shape[1] * OH
+    if rows == 0 or OW == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef int64_t *ip = &indices[0, 0, 0, 0]
+    cdef const int64_t *hs = &row_start[0]
+    cdef const int64_t *he = &row_end[0]
+    cdef const int64_t *ws = &col_start[0]
+    cdef const int64_t *we = &col_end[0]
+    cdef Py_ssize_t r, oh, ow
+    with nogil:
+        for r in prange(rows, schedule='static', num_threads=num_threads):
+            oh = r % OH
+            for ow in range(OW):
+                yp[r * OW + ow] = _window_max(xp + (r // OH) * H * W, W, hs[oh], he[oh], 1,
+                                              ws[ow], we[ow], 1, ip + r * OW + ow)
+
+
+def max_pool2d_backward(const floating[:, :, :, ::1] grad_y not None,
+                        const int64_t[:, :, :, ::1] indices not None,
+                        floating[:, :, :, ::1] grad_x not None,
+                        int num_threads):
+    """``grad_x[n,c].flat[indices[n,c,i,j]] += grad_y[n,c,i,j]`` in output scan order (max and
+    adaptive max alike).  Returns how many indices fall outside the ``H·W`` plane (skipped)."""
+    cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1]
+    cdef Py_ssize_t HW = grad_x.shape[2] * grad_x.shape[3]
+    cdef Py_ssize_t OHW = grad_y.shape[2] * grad_y.shape[3]
+    cdef Py_ssize_t p, j
+    cdef int64_t at
+    cdef Py_ssize_t outside = 0
+    if planes == 0:
+        return 0
+    cdef const floating *gyp = &grad_y[0, 0, 0, 0]
+    cdef const int64_t *ip = &indices[0, 0, 0, 0]
+    cdef floating *gxp = &grad_x[0, 0, 0, 0]
+    with nogil:
+        for p in prange(planes, schedule='static', num_threads=num_threads):
+            memset(gxp + p * HW, 0, HW * sizeof(floating))
+            for j in range(OHW):
+                at = ip[p * OHW + j]
+                if 0 <= at < HW:
+                    gxp[p * HW + at] += gyp[p * OHW + j]
+                else:
+                    outside += 1
+    return outside
+
+
+def avg_pool2d_forward(const floating[:, :, :, ::1] x not None,
+                       floating[:, :, :, ::1] y not None,
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
+                       int num_threads):
+    """``y[n,c,i,j] = Σ x[n,c, window] / divisor``, the window ``kh×kw`` at ``(i·sh−ph,
+    j·sw−pw)`` clipped to the input; the divisor is its size clipped to the padded input when
+    ``count_include_pad``, else the number of input pixels it covers."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t rows = x.shape[0] * x.shape[1] * OH
+    if rows == 0 or OW == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef bint pairs = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    cdef Py_ssize_t full = min(OW, W // 2) if pairs else 0
+    cdef Py_ssize_t r, oh, ow
+    cdef Span hspan, wspan
+    cdef const floating *plane
+    with nogil:
+        for r in prange(rows, schedule='static', num_threads=num_threads):
+            plane = xp + (r // OH) * H * W
+            oh = r % OH
+            ow = 0
+            if pairs and 2 * oh + 1 < H:
+                _avg_row_pairs(plane + 2 * oh * W, W, yp + r * OW, full)
+                ow = full
+            hspan = _avg_span(oh, sh, ph, kh, H)
+            while ow < OW:
+                wspan = _avg_span(ow, sw, pw, kw, W)
+                yp[r * OW + ow] = (
+                    _window_sum(plane, W, hspan.start, hspan.end, wspan.start, wspan.end)
+                    / _divisor(hspan, wspan, count_include_pad)
+                )
+                ow = ow + 1
+
+
+def avg_pool2d_backward(const floating[:, :, :, ::1] grad_y not None,
+                        floating[:, :, :, ::1] grad_x not None,
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
+                        int num_threads):
+    """Each ``grad_y[n,c,i,j] / divisor`` is added to every input pixel of its window (the
+    forward's window and divisor), outputs in scan order."""
+    cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1]
+    cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
+    cdef Py_ssize_t OH = grad_y.shape[2], OW = grad_y.shape[3]
+    if planes == 0:
+        return
+    cdef const floating *gyp = &grad_y[0, 0, 0, 0]
+    cdef floating *gxp = &grad_x[0, 0, 0, 0]
+    cdef bint pairs = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    cdef Py_ssize_t p, oh, ow, h, c
+    cdef Span hspan, wspan
+    cdef Py_ssize_t full_h = H // 2 if pairs else 0
+    cdef Py_ssize_t full_w = W // 2 if pairs else 0
+    cdef floating *plane
+    cdef const floating *g
+    cdef floating share
+    with nogil:
+        for p in prange(planes, schedule='static', num_threads=num_threads):
+            plane = gxp + p * H * W
+            g = gyp + p * OH * OW
+            if pairs:
+                # complete 2×2 windows tile the top-left 2·full_h × 2·full_w block without
+                # overlap, so they assign; an odd last row or column is zeroed, then takes
+                # what a clipped ceil_mode window sends it
+                for oh in range(full_h):
+                    for c in range(2):
+                        h = (2 * oh + c) * W
+                        for ow in range(full_w):
+                            share = g[oh * OW + ow] * <floating>0.25
+                            plane[h + 2 * ow] = share
+                            plane[h + 2 * ow + 1] = share
+                        if W % 2:
+                            plane[h + W - 1] = 0
+                if H % 2:
+                    memset(plane + (H - 1) * W, 0, W * sizeof(floating))
+            else:
+                memset(plane, 0, H * W * sizeof(floating))
+            for oh in range(OH):
+                hspan = _avg_span(oh, sh, ph, kh, H)
+                for ow in range(full_w if oh < full_h else 0, OW):
+                    wspan = _avg_span(ow, sw, pw, kw, W)
+                    _window_add(plane, W, hspan.start, hspan.end, wspan.start, wspan.end,
+                                g[oh * OW + ow] / _divisor(hspan, wspan, count_include_pad))
+
+
+def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x not None,
+                                floating[:, :, :, ::1] y not None,
+                                const int64_t[::1] row_start not None,
+                                const int64_t[::1] row_end not None,
+                                const int64_t[::1] col_start not None,
+                                const int64_t[::1] col_end not None,
+                                int num_threads):
+    """``y[n,c,i,j] = Σ x[n,c, bin i, bin j] / rows / cols`` (PyTorch divides twice)."""
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t rows = x.shape[0] * x.shape[1] * OH
+    if rows == 0 or OW == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef const int64_t *hs = &row_start[0]
+    cdef const int64_t *he = &row_end[0]
+    cdef const int64_t *ws = &col_start[0]
+    cdef const int64_t *we = &col_end[0]
+    cdef Py_ssize_t r, oh, ow
+    with nogil:
+        for r in prange(rows, schedule='static', num_threads=num_threads):
+            oh = r % OH
+            for ow in range(OW):
+                yp[r * OW + ow] = (
+                    _window_sum(xp + (r // OH) * H * W, W, hs[oh], he[oh], ws[ow], we[ow])
+                    / <floating>(he[oh] - hs[oh]) / <floating>(we[ow] - ws[ow])
+                )
+
+
+def adaptive_avg_pool2d_backward(const floating[:, :, :, ::1] grad_y not None,
+                                 floating[:, :, :, ::1] grad_x not None,
+                                 const int64_t[::1] row_start not None,
+                                 const int64_t[::1] row_end not None,
+                                 const int64_t[::1] col_start not None,
+                                 const int64_t[::1] col_end not None,
+                                 int num_threads):
+    """Each ``grad_y[n,c,i,j] / rows / cols`` is added to every pixel of its bin."""
+    cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1]
+    cdef Py_ssize_t H = grad_x.shape[2], W = grad_x.shape[3]
+    cdef Py_ssize_t OH = grad_y.shape[2], OW = grad_y.shape[3]
+    if planes == 0:
+        return
+    cdef const floating *gyp = &grad_y[0, 0, 0, 0]
+    cdef floating *gxp = &grad_x[0, 0, 0, 0]
+    cdef const int64_t *hs = &row_start[0]
+    cdef const int64_t *he = &row_end[0]
+    cdef const int64_t *ws = &col_start[0]
+    cdef const int64_t *we = &col_end[0]
+    cdef Py_ssize_t p, oh, ow
+    with nogil:
+        for p in prange(planes, schedule='static', num_threads=num_threads):
+            memset(gxp + p * H * W, 0, H * W * sizeof(floating))
+            for oh in range(OH):
+                for ow in range(OW):
+                    _window_add(gxp + p * H * W, W, hs[oh], he[oh], ws[ow], we[ow],
+                                gyp[(p * OH + oh) * OW + ow]
+                                / <floating>(he[oh] - hs[oh]) / <floating>(we[ow] - ws[ow]))

@@ -1,0 +1,319 @@
+"""Pooling ops (max, average, adaptive): argument and shape checks, allocation, then the loops
+in ``declcnn._kernels.pool``.
+
+Semantics are PyTorch's: ``kernel``, ``stride``, ``padding``, ``dilation`` and ``output_size``
+are an int or a ``(height, width)`` pair; ``stride=None`` means the kernel; ``padding`` is at
+most half the kernel; max pooling's indices are flat ``h·W + w`` offsets into the input plane.
+Arrays are NCHW float32 (float64 runs the same loops, for gradient checks).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import shapes
+from .._kernels import pool as _kernels
+from ..errors import ShapeError
+from ..threads import get_num_threads
+
+_AXES = ("height", "width")
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        layout = "" if value.flags.c_contiguous else ", not C-contiguous"
+        return f"a {value.dtype} array of shape {list(value.shape)}{layout}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _pair(value, op: str, name: str, minimum: int) -> tuple[int, int]:
+    items = value if isinstance(value, tuple | list) else (value, value)
+    if len(items) != 2 or not all(_is_int(v) and v >= minimum for v in items):
+        raise ShapeError(
+            f"{op}: {name} must be an integer ≥ {minimum} or a pair (height, width) of them; "
+            f"got {value!r}. Use e.g. {minimum + 1} or ({minimum + 1}, {minimum + 2})."
+        )
+    return int(items[0]), int(items[1])
+
+
+def _float_array(value, op: str, name: str, what: str = "(N, C, H, W)") -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.ndim != 4:
+        raise ShapeError(
+            f"{op}: expected {name} as a 4-D numpy array {what}; got {_describe(value)}. "
+            f"Add the batch axis with {name}[None] for a single image."
+        )
+    if value.dtype not in _FLOATS:
+        raise ShapeError(
+            f"{op}: {name} must be float32 (or float64 for gradient checks); got {value.dtype}. "
+            f"Convert it with {name}.astype(np.float32)."
+        )
+    return np.ascontiguousarray(value)
+
+
+def _image(x, op: str) -> np.ndarray:
+    x = _float_array(x, op, "x")
+    if 0 in x.shape[1:]:
+        raise ShapeError(
+            f"{op}: expected x of shape (N, C, H, W) with C, H and W ≥ 1 (only the batch may be "
+            f"empty); got {list(x.shape)}."
+        )
+    return x
+
+
+def _input_shape(input_shape, grad_y: np.ndarray, op: str) -> tuple[int, int, int, int]:
+    shape = tuple(input_shape) if isinstance(input_shape, tuple | list) else None
+    if shape is None or len(shape) != 4 or not all(_is_int(v) for v in shape) \
+            or shape[0] < 0 or min(shape[1:]) < 1:
+        raise ShapeError(
+            f"{op}: input_shape must be the forward input's (N, C, H, W), with N ≥ 0 and C, H, "
+            f"W ≥ 1; got {input_shape!r}."
+        )
+    if shape[:2] != grad_y.shape[:2]:
+        raise ShapeError(
+            f"{op}: grad_y of shape {list(grad_y.shape)} and input_shape {list(shape)} disagree "
+            f"on (N, C) = {list(grad_y.shape[:2])} vs {list(shape[:2])}; pass the shape of the "
+            f"forward's input."
+        )
+    return tuple(int(v) for v in shape)
+
+
+def _buffer(out, shape: tuple[int, ...], dtype, op: str, name: str) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype)
+    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype \
+            or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ShapeError(
+            f"{op}: {name} must be a writeable C-contiguous {np.dtype(dtype)} array of shape "
+            f"{list(shape)}; got {_describe(out)}. Pass None to let {op} allocate it."
+        )
+    return out
+
+
+def _max_buffers(out, shape, dtype, op: str) -> tuple[np.ndarray, np.ndarray]:
+    """A max pool's ``out``: None, or a pair ``(y, indices)`` of buffers."""
+    if out is None:
+        return np.empty(shape, dtype), np.empty(shape, np.int64)
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        raise ShapeError(f"{op}: out must be a pair (y, indices) of buffers or None; got "
+                         f"{_describe(out)}.")
+    return (_buffer(out[0], shape, dtype, op, "out[0] (y)"),
+            _buffer(out[1], shape, np.int64, op, "out[1] (indices)"))
+
+
+def _window(op, input_shape, kernel, stride, padding, dilation, ceil_mode):
+    """Check a max/avg window against PyTorch's rules; return ``(k, s, p, d, output size)``."""
+    k = _pair(kernel, op, "kernel", 1)
+    s = k if stride is None else _pair(stride, op, "stride", 1)
+    p = _pair(padding, op, "padding", 0)
+    d = _pair(dilation, op, "dilation", 1)
+    for axis, ki, pi in zip(_AXES, k, p, strict=True):
+        if pi > ki // 2:
+            raise ShapeError(
+                f"{op}: padding={p} is more than half of kernel={k} on the {axis} axis: PyTorch "
+                f"requires padding ≤ kernel // 2 = {ki // 2} there (dilation does not widen the "
+                f"limit); got {pi}. Use a padding ≤ {ki // 2} or a larger kernel."
+            )
+    sizes = input_shape[2:]
+    out = tuple(shapes.pool_output_size(n, ki, si, pi, di, bool(ceil_mode))
+                for n, ki, si, pi, di in zip(sizes, k, s, p, d, strict=True))
+    for axis, n, ki, si, pi, di, o in zip(_AXES, sizes, k, s, p, d, out, strict=True):
+        if o < 1:
+            rounding = "ceil" if ceil_mode else "floor"
+            raise ShapeError(
+                f"{op}: given input of size {list(input_shape)}, kernel={k}, stride={s}, "
+                f"padding={p}, dilation={d}, ceil_mode={bool(ceil_mode)}, the output would be "
+                f"{out[0]}×{out[1]}: on the {axis} axis {rounding}(({n} + 2·{pi} − {di}·({ki}−1)"
+                f" − 1) / {si}) + 1 = {o}. Each output side must be ≥ 1: use a larger input, a "
+                f"smaller kernel, stride or dilation, or more padding."
+            )
+    return k, s, p, d, out
+
+
+def _check_taps(op, sizes, k, s, p, d, out):
+    """Reject a dilated window that skips over the whole input (PyTorch returns −inf and an
+    index outside the plane there).  Only windows starting in the left padding can: the output
+    size keeps every other start inside the input."""
+    for axis, n, ki, si, pi, di, o in zip(_AXES, sizes, k, s, p, d, out, strict=True):
+        for index in range(o):
+            start = index * si - pi
+            if start >= 0:
+                break
+            taps = [start + j * di for j in range(ki)]
+            if not any(0 <= t < n for t in taps):
+                raise ShapeError(
+                    f"{op}: with kernel={k}, dilation={d}, padding={p}, the window of output "
+                    f"{axis} {index} takes input {axis}s {taps}, all outside 0..{n - 1}: it "
+                    f"would see only padding. Use a smaller dilation or padding, or a larger "
+                    f"input."
+                )
+
+
+def _bins(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    bounds = np.array([shapes.adaptive_bin(i, in_size, out_size) for i in range(out_size)],
+                      dtype=np.int64).reshape(out_size, 2)
+    return np.ascontiguousarray(bounds[:, 0]), np.ascontiguousarray(bounds[:, 1])
+
+
+def max_pool2d(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, out=None):
+    """Max over each window: ``y[n,c,i,j] = max_{a<kh, b<kw} x[n,c, i·sh−ph+a·dh, j·sw−pw+b·dw]``
+    (taps in the padding never win), and ``indices`` the flat ``h·W + w`` of the winner.
+
+    Ties go to the first maximum in row-major scan order; a NaN in the window wins (the last
+    one).  ``out`` is an optional pair of buffers ``(y, indices)``.
+
+    Shape: ``(N, C, H, W) → (N, C, OH, OW)`` with ``OH = floor((H + 2·ph − dh·(kh−1) − 1) / sh)
+    + 1`` (``ceil`` with ``ceil_mode``, dropping a last window that would start in the right
+    padding); the same for ``OW``.
+
+    >>> y, indices = max_pool2d(np.zeros((2, 3, 7, 6), np.float32), 2, ceil_mode=True)
+    >>> y.shape, indices.dtype
+    ((2, 3, 4, 3), dtype('int64'))
+    """
+    op = "max_pool2d"
+    x = _image(x, op)
+    k, s, p, d, (oh, ow) = _window(op, x.shape, kernel, stride, padding, dilation, ceil_mode)
+    _check_taps(op, x.shape[2:], k, s, p, d, (oh, ow))
+    y, indices = _max_buffers(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op)
+    _kernels.max_pool2d_forward(x, y, indices, *k, *s, *p, *d, get_num_threads())
+    return y, indices
+
+
+def _route_to_argmax(op, grad_y, indices, input_shape):
+    grad_y = _float_array(grad_y, op, "grad_y")
+    shape = _input_shape(input_shape, grad_y, op)
+    if not isinstance(indices, np.ndarray) or indices.dtype != np.int64 \
+            or indices.shape != grad_y.shape:
+        raise ShapeError(
+            f"{op}: indices must be the int64 array the forward returned, of grad_y's shape "
+            f"{list(grad_y.shape)}; got {_describe(indices)}."
+        )
+    grad_x = np.empty(shape, grad_y.dtype)
+    outside = _kernels.max_pool2d_backward(grad_y, np.ascontiguousarray(indices), grad_x,
+                                           get_num_threads())
+    if outside:
+        plane = shape[2] * shape[3]
+        raise ShapeError(
+            f"{op}: {outside} of {indices.size} indices lie outside the input plane "
+            f"[0, H·W) = [0, {plane}) of input_shape {list(shape)}; pass the indices the forward "
+            f"returned for that input."
+        )
+    return grad_x
+
+
+def max_pool2d_backward(grad_y, indices, input_shape):
+    """``grad_x[n,c].flat[indices[n,c,i,j]] += grad_y[n,c,i,j]``: each output's gradient goes to
+    the input pixel that won its window.
+
+    Shape: ``grad_y, indices (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
+    """
+    return _route_to_argmax("max_pool2d_backward", grad_y, indices, input_shape)
+
+
+def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               out=None):
+    """Mean over each window: ``y[n,c,i,j] = Σ_{a<kh, b<kw} x[n,c, i·sh−ph+a, j·sw−pw+b] / D``
+    where padding adds zeros and ``D`` is the window's size clipped to the padded input
+    (``count_include_pad``; a ceil_mode window's overhang past the padding never counts) or
+    the number of input pixels it covers.
+
+    Shape: ``(N, C, H, W) → (N, C, OH, OW)``, ``OH = floor((H + 2·ph − kh) / sh) + 1`` (``ceil``
+    with ``ceil_mode``, dropping a last window that would start in the right padding).
+
+    >>> avg_pool2d(np.ones((1, 1, 5, 5), np.float32), 3, stride=2, padding=1).shape
+    (1, 1, 3, 3)
+    """
+    op = "avg_pool2d"
+    x = _image(x, op)
+    k, s, p, _, (oh, ow) = _window(op, x.shape, kernel, stride, padding, 1, ceil_mode)
+    y = _buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op, "out")
+    _kernels.avg_pool2d_forward(x, y, *k, *s, *p, bool(count_include_pad), get_num_threads())
+    return y
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel, stride=None, padding=0, ceil_mode=False,
+                        count_include_pad=True):
+    """``grad_x`` collects ``grad_y[n,c,i,j] / D`` on every input pixel of window ``(i, j)``
+    (``D`` as in :func:`avg_pool2d`).
+
+    Shape: ``grad_y (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
+    """
+    op = "avg_pool2d_backward"
+    grad_y = _float_array(grad_y, op, "grad_y")
+    shape = _input_shape(input_shape, grad_y, op)
+    k, s, p, _, (oh, ow) = _window(op, shape, kernel, stride, padding, 1, ceil_mode)
+    if grad_y.shape[2:] != (oh, ow):
+        raise ShapeError(
+            f"{op}: input_shape {list(shape)} with kernel={k}, stride={s}, padding={p}, "
+            f"ceil_mode={bool(ceil_mode)} gives an output of {oh}×{ow}, but grad_y is "
+            f"{list(grad_y.shape)}; pass the forward's configuration and input shape."
+        )
+    grad_x = np.empty(shape, grad_y.dtype)
+    _kernels.avg_pool2d_backward(grad_y, grad_x, *k, *s, *p, bool(count_include_pad),
+                                 get_num_threads())
+    return grad_x
+
+
+def adaptive_avg_pool2d(x, output_size, out=None):
+    """Mean over PyTorch's adaptive bins: output row ``i`` of ``OH`` covers input rows
+    ``[floor(i·H/OH), ceil((i+1)·H/OH))`` (``shapes.adaptive_bin``), columns likewise; bins may
+    overlap, and an output larger than the input repeats pixels.  ``output_size=1`` is global
+    average pooling.
+
+    Shape: ``(N, C, H, W) → (N, C, OH, OW)`` with ``(OH, OW) = output_size``.
+
+    >>> adaptive_avg_pool2d(np.ones((2, 3, 7, 5), np.float32), (1, 1))[..., 0, 0]
+    array([[1., 1., 1.],
+           [1., 1., 1.]], dtype=float32)
+    """
+    op = "adaptive_avg_pool2d"
+    x = _image(x, op)
+    oh, ow = _pair(output_size, op, "output_size", 0)
+    y = _buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op, "out")
+    _kernels.adaptive_avg_pool2d_forward(x, y, *_bins(x.shape[2], oh), *_bins(x.shape[3], ow),
+                                         get_num_threads())
+    return y
+
+
+def adaptive_avg_pool2d_backward(grad_y, input_shape):
+    """``grad_x`` collects ``grad_y[n,c,i,j] / |bin i| / |bin j|`` on every pixel of the bin.
+
+    Shape: ``grad_y (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
+    """
+    op = "adaptive_avg_pool2d_backward"
+    grad_y = _float_array(grad_y, op, "grad_y")
+    shape = _input_shape(input_shape, grad_y, op)
+    grad_x = np.empty(shape, grad_y.dtype)
+    _kernels.adaptive_avg_pool2d_backward(grad_y, grad_x, *_bins(shape[2], grad_y.shape[2]),
+                                          *_bins(shape[3], grad_y.shape[3]), get_num_threads())
+    return grad_x
+
+
+def adaptive_max_pool2d(x, output_size, out=None):
+    """Max over PyTorch's adaptive bins (see :func:`adaptive_avg_pool2d`), with flat ``h·W + w``
+    indices as :func:`max_pool2d` (first maximum wins; a NaN wins).  ``output_size=1`` is
+    global max pooling; ``out`` is an optional pair ``(y, indices)``.
+
+    Shape: ``(N, C, H, W) → (N, C, OH, OW)`` with ``(OH, OW) = output_size``.
+    """
+    op = "adaptive_max_pool2d"
+    x = _image(x, op)
+    oh, ow = _pair(output_size, op, "output_size", 0)
+    y, indices = _max_buffers(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op)
+    _kernels.adaptive_max_pool2d_forward(x, y, indices, *_bins(x.shape[2], oh),
+                                         *_bins(x.shape[3], ow), get_num_threads())
+    return y, indices
+
+
+def adaptive_max_pool2d_backward(grad_y, indices, input_shape):
+    """As :func:`max_pool2d_backward`: each gradient goes to its bin's winning pixel.
+
+    Shape: ``grad_y, indices (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
+    """
+    return _route_to_argmax("adaptive_max_pool2d_backward", grad_y, indices, input_shape)
