@@ -108,17 +108,19 @@ def _max_buffers(out, shape, dtype, op: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _window(op, input_shape, kernel, stride, padding, dilation, ceil_mode):
-    """Check a max/avg window against PyTorch's rules; return ``(k, s, p, d, output size)``."""
+    """Check a max (``dilation`` given) or average (``dilation=None``) window against PyTorch's
+    rules; return ``(k, s, p, d, output size)``."""
     k = _pair(kernel, op, "kernel", 1)
     s = k if stride is None else _pair(stride, op, "stride", 1)
     p = _pair(padding, op, "padding", 0)
-    d = _pair(dilation, op, "dilation", 1)
+    d = (1, 1) if dilation is None else _pair(dilation, op, "dilation", 1)
     for axis, ki, pi in zip(_AXES, k, p, strict=True):
         if pi > ki // 2:
+            undilated = "" if dilation is None else " (dilation does not widen the limit)"
             raise ShapeError(
                 f"{op}: padding={p} is more than half of kernel={k} on the {axis} axis: PyTorch "
-                f"requires padding ≤ kernel // 2 = {ki // 2} there (dilation does not widen the "
-                f"limit); got {pi}. Use a padding ≤ {ki // 2} or a larger kernel."
+                f"requires padding ≤ kernel // 2 = {ki // 2} there{undilated}; got {pi}. Use a "
+                f"padding ≤ {ki // 2} or a larger kernel."
             )
     sizes = input_shape[2:]
     out = tuple(shapes.pool_output_size(n, ki, si, pi, di, bool(ceil_mode))
@@ -126,12 +128,16 @@ def _window(op, input_shape, kernel, stride, padding, dilation, ceil_mode):
     for axis, n, ki, si, pi, di, o in zip(_AXES, sizes, k, s, p, d, out, strict=True):
         if o < 1:
             rounding = "ceil" if ceil_mode else "floor"
+            config = f"kernel={k}, stride={s}, padding={p}"
+            extent, shrink = f"{ki}", "kernel or stride"
+            if dilation is not None:
+                config += f", dilation={d}"
+                extent, shrink = f"{di}·({ki}−1) − 1", "kernel, stride or dilation"
             raise ShapeError(
-                f"{op}: given input of size {list(input_shape)}, kernel={k}, stride={s}, "
-                f"padding={p}, dilation={d}, ceil_mode={bool(ceil_mode)}, the output would be "
-                f"{out[0]}×{out[1]}: on the {axis} axis {rounding}(({n} + 2·{pi} − {di}·({ki}−1)"
-                f" − 1) / {si}) + 1 = {o}. Each output side must be ≥ 1: use a larger input, a "
-                f"smaller kernel, stride or dilation, or more padding."
+                f"{op}: given input of size {list(input_shape)}, {config}, ceil_mode="
+                f"{bool(ceil_mode)}, the output would be {out[0]}×{out[1]}: on the {axis} axis "
+                f"{rounding}(({n} + 2·{pi} − {extent}) / {si}) + 1 = {o}. Each output side must "
+                f"be ≥ 1: use a larger input, a smaller {shrink}, or more padding."
             )
     return k, s, p, d, out
 
@@ -231,7 +237,7 @@ def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include
     """
     op = "avg_pool2d"
     x = _image(x, op)
-    k, s, p, _, (oh, ow) = _window(op, x.shape, kernel, stride, padding, 1, ceil_mode)
+    k, s, p, _, (oh, ow) = _window(op, x.shape, kernel, stride, padding, None, ceil_mode)
     y = _buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op, "out")
     _kernels.avg_pool2d_forward(x, y, *k, *s, *p, bool(count_include_pad), get_num_threads())
     return y
@@ -247,7 +253,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel, stride=None, padding=0, cei
     op = "avg_pool2d_backward"
     grad_y = _float_array(grad_y, op, "grad_y")
     shape = _input_shape(input_shape, grad_y, op)
-    k, s, p, _, (oh, ow) = _window(op, shape, kernel, stride, padding, 1, ceil_mode)
+    k, s, p, _, (oh, ow) = _window(op, shape, kernel, stride, padding, None, ceil_mode)
     if grad_y.shape[2:] != (oh, ow):
         raise ShapeError(
             f"{op}: input_shape {list(shape)} with kernel={k}, stride={s}, padding={p}, "
