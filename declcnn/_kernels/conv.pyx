@@ -1,0 +1,399 @@
+"""Convolution loops: the three primitives that conv2d and conv_transpose2d share.
+
+Everything is stated for a plain convolution ("conv view") with input ``x`` of shape
+N × C × H × W, weight ``w`` of shape O × C/g × kh × kw and output ``y`` of shape N × O × OH × OW:
+
+* ``conv_forward``:          y[n, o] = Σ_{c∈g(o), i, j} w[o, c, i, j] · x[n, c, oh·s + i·d − p, …]
+* ``conv_backward_data``:    gx = the adjoint of ``conv_forward`` in x, applied to gy
+* ``conv_backward_weight``:  gw[o, c, i, j] = Σ_{n, oh, ow} gy[n, o, oh, ow] · x[n, c, …]
+* ``channel_sums``:          gb[o] = Σ_{n, oh, ow} gy[n, o, oh, ow]
+
+A transposed convolution is the conv view with forward and backward-data swapped (Caffe's base
+convolution), so ``declcnn/ops/conv.py`` calls the same loops for both ops.  Padding is given by
+its top and left sides only: the bottom and right sides are implied by OH and OW, and every tap
+that lands outside the input reads (or writes) nothing.
+
+Per sample × group the work is one GEMM on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW
+columns) through scipy's single-threaded BLAS, inside ``prange``; a 1×1 stride-1 unpadded conv
+uses x itself as that matrix.  When every output channel reads one input channel (C/g = 1:
+depthwise, with any channel multiplier) direct loops replace the GEMM.  The ops validate, size and
+allocate the outputs; these loops trust them.
+"""
+
+import numpy as np
+
+from cython.parallel cimport prange, threadid
+from libc.string cimport memset
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+from cython cimport floating
+
+
+cdef struct Geometry:
+    Py_ssize_t N, C, H, W          # conv-view input
+    Py_ssize_t O, OH, OW           # conv-view output
+    Py_ssize_t kh, kw, sh, sw, pt, pl, dh, dw
+    Py_ssize_t groups, Cg, Og      # Cg = C / groups, Og = O / groups
+    Py_ssize_t K, P                # im2col rows Cg·kh·kw and columns OH·OW
+    bint pointwise                 # 1×1, stride 1, no padding: x is its own im2col matrix
+
+
+cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
+                        Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
+                        int sh, int sw, int pt, int pl, int dh, int dw, int groups):
+    cdef Geometry g
+    g.N, g.C, g.H, g.W, g.O, g.OH, g.OW = N, C, H, W, O, OH, OW
+    g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.dh, g.dw = kh, kw, sh, sw, pt, pl, dh, dw
+    g.groups = groups
+    g.Cg = C // groups
+    g.Og = O // groups
+    g.K = g.Cg * kh * kw
+    g.P = OH * OW
+    g.pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 \
+        and OH == H and OW == W
+    return g
+
+
+cdef inline int _threads_for(int requested, Py_ssize_t items) noexcept:
+    """No more threads than work items, so no scratch is allocated for idle threads."""
+    return <int> max(1, min(<Py_ssize_t> requested, items))
+
+
+cdef inline void _gemm(char ta, char tb, int m, int n, int k, const floating *a, int lda,
+                       const floating *b, int ldb, floating beta, floating *c,
+                       int ldc) noexcept nogil:
+    """Row-major ``C = op(A)·op(B) + beta·C`` (m × n) through column-major BLAS, which sees
+    every row-major matrix transposed: it computes ``Cᵀ = op(B)ᵀ·op(A)ᵀ``."""
+    cdef floating one = 1
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &one, <float *> b, &ldb, <float *> a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &one, <double *> b, &ldb, <double *> a, &lda, &beta, c,
+              &ldc)
+
+
+cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
+                              Py_ssize_t out, Py_ssize_t *lo, Py_ssize_t *hi) noexcept nogil:
+    """Outputs ``o`` in [lo, hi) whose tap ``o·stride + offset`` lies inside [0, size)."""
+    lo[0] = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    hi[0] = 0 if size - 1 - offset < 0 else (size - 1 - offset) // stride + 1
+    if hi[0] > out:
+        hi[0] = out
+    if lo[0] > out:
+        lo[0] = out
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
+cdef void _im2col(const floating *x, floating *col, const Geometry *g) noexcept nogil:
+    """col[(c·kh + i)·kw + j, oh·OW + ow] = x[c, oh·sh + i·dh − pt, ow·sw + j·dw − pl], or 0
+    where that pixel is outside the input."""
+    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off
+    cdef floating *dst
+    cdef const floating *src
+    for c in range(g.Cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                off = j * g.dw - g.pl
+                _valid_range(off, g.sw, g.W, g.OW, &lo, &hi)
+                for oh in range(g.OH):
+                    dst = col + ((c * g.kh + i) * g.kw + j) * g.P + oh * g.OW
+                    ih = oh * g.sh + i * g.dh - g.pt
+                    if ih < 0 or ih >= g.H:
+                        memset(dst, 0, g.OW * sizeof(floating))
+                        continue
+                    src = x + (c * g.H + ih) * g.W + off
+                    memset(dst, 0, lo * sizeof(floating))
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow * g.sw]
+                    memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
+
+
+cdef void _col2im(const floating *col, floating *x, const Geometry *g) noexcept nogil:
+    """The adjoint of ``_im2col``: adds every column entry back onto the pixel it was read from."""
+    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off
+    cdef const floating *src
+    cdef floating *dst
+    for c in range(g.Cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                off = j * g.dw - g.pl
+                _valid_range(off, g.sw, g.W, g.OW, &lo, &hi)
+                for oh in range(g.OH):
+                    ih = oh * g.sh + i * g.dh - g.pt
+                    if ih < 0 or ih >= g.H:
+                        continue
+                    src = col + ((c * g.kh + i) * g.kw + j) * g.P + oh * g.OW
+                    dst = x + (c * g.H + ih) * g.W + off
+                    for ow in range(lo, hi):
+                        dst[ow * g.sw] += src[ow]
+
+
+cdef inline void _fill_planes(floating *planes, const floating *values, Py_ssize_t count,
+                              Py_ssize_t size, bint has_values) noexcept nogil:
+    """Set ``count`` consecutive planes of ``size`` to values[plane] (or to 0)."""
+    cdef Py_ssize_t c, p
+    cdef floating v
+    for c in range(count):
+        if not has_values:
+            memset(planes + c * size, 0, size * sizeof(floating))
+            continue
+        v = values[c]
+        for p in range(size):
+            planes[c * size + p] = v
+
+
+cdef inline double _plane_sum(const floating *a, Py_ssize_t size) noexcept nogil:
+    """Σ a[0:size] in double, four independent chains so the adds pipeline."""
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0
+    cdef Py_ssize_t p, quads = size - size % 4
+    for p in range(0, quads, 4):
+        s0 += a[p]
+        s1 += a[p + 1]
+        s2 += a[p + 2]
+        s3 += a[p + 3]
+    for p in range(quads, size):
+        s0 += a[p]
+    return (s0 + s1) + (s2 + s3)
+
+
+cdef void _depthwise_forward_plane(const floating *x, const floating *w, floating *y,
+                                   const Geometry *g) noexcept nogil:
+    """y[oh, ow] += Σ_{i, j} w[i, j] · x[oh·sh + i·dh − pt, ow·sw + j·dw − pl] for one plane."""
+    cdef Py_ssize_t i, j, oh, ow, hlo, hhi, wlo, whi
+    cdef floating wv
+    cdef const floating *src
+    cdef floating *dst
+    for i in range(g.kh):
+        _valid_range(i * g.dh - g.pt, g.sh, g.H, g.OH, &hlo, &hhi)
+        for j in range(g.kw):
+            _valid_range(j * g.dw - g.pl, g.sw, g.W, g.OW, &wlo, &whi)
+            wv = w[i * g.kw + j]
+            for oh in range(hlo, hhi):
+                src = x + (oh * g.sh + i * g.dh - g.pt) * g.W + j * g.dw - g.pl
+                dst = y + oh * g.OW
+                for ow in range(wlo, whi):
+                    dst[ow] = dst[ow] + wv * src[ow * g.sw]
+
+
+cdef void _depthwise_data_plane(const floating *gy, const floating *w, floating *gx,
+                                const Geometry *g) noexcept nogil:
+    """The adjoint of ``_depthwise_forward_plane`` in x: scatters gy back through the taps."""
+    cdef Py_ssize_t i, j, oh, ow, hlo, hhi, wlo, whi
+    cdef floating wv
+    cdef const floating *src
+    cdef floating *dst
+    for i in range(g.kh):
+        _valid_range(i * g.dh - g.pt, g.sh, g.H, g.OH, &hlo, &hhi)
+        for j in range(g.kw):
+            _valid_range(j * g.dw - g.pl, g.sw, g.W, g.OW, &wlo, &whi)
+            wv = w[i * g.kw + j]
+            for oh in range(hlo, hhi):
+                dst = gx + (oh * g.sh + i * g.dh - g.pt) * g.W + j * g.dw - g.pl
+                src = gy + oh * g.OW
+                for ow in range(wlo, whi):
+                    dst[ow * g.sw] += wv * src[ow]
+
+
+cdef void _depthwise_weight_channel(const floating *gy, const floating *x, floating *gw,
+                                    Py_ssize_t o, floating *row,
+                                    const Geometry *g) noexcept nogil:
+    """gw[o, 0, i, j] = Σ_{n, oh, ow} gy[n, o, oh, ow] · x[n, o // Og, oh·sh + i·dh − pt, …].
+
+    Products are summed per output column into ``row`` first, so the inner loop vectorises.
+    """
+    cdef Py_ssize_t i, j, n, oh, ow, hlo, hhi, wlo, whi
+    cdef const floating *src
+    cdef const floating *gsrc
+    for i in range(g.kh):
+        _valid_range(i * g.dh - g.pt, g.sh, g.H, g.OH, &hlo, &hhi)
+        for j in range(g.kw):
+            _valid_range(j * g.dw - g.pl, g.sw, g.W, g.OW, &wlo, &whi)
+            memset(row, 0, g.OW * sizeof(floating))
+            for n in range(g.N):
+                for oh in range(hlo, hhi):
+                    src = (x + ((n * g.C + o // g.Og) * g.H + oh * g.sh + i * g.dh - g.pt) * g.W
+                           + j * g.dw - g.pl)
+                    gsrc = gy + ((n * g.O + o) * g.OH + oh) * g.OW
+                    for ow in range(wlo, whi):
+                        row[ow] = row[ow] + gsrc[ow] * src[ow * g.sw]
+            gw[i * g.kw + j] = <floating> _plane_sum(row, g.OW)
+
+
+def conv_forward(const floating[:, :, :, ::1] x not None,
+                 const floating[:, :, :, ::1] w not None,
+                 const floating[::1] bias not None,
+                 floating[:, :, :, ::1] y not None,
+                 int sh, int sw, int pt, int pl, int dh, int dw, int groups, int num_threads):
+    """y = conv(x, w) + bias (``bias`` of length 0: no bias).  Writes every element of y."""
+    cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1],
+                                y.shape[2], y.shape[3], w.shape[2], w.shape[3],
+                                sh, sw, pt, pl, dh, dw, groups)
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef bint direct = g.Cg == 1
+    num_threads = _threads_for(num_threads, g.N * g.O if direct else g.N * g.groups)
+    cdef bint use_col = not direct and not g.pointwise
+    cdef floating[:, ::1] cols = np.empty(
+        (num_threads if use_col else 0, g.K * g.P if use_col else 0),
+        dtype=np.float32 if floating is float else np.float64)
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const floating *wp = &w[0, 0, 0, 0]
+    cdef const floating *bp = &bias[0] if has_bias else NULL
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef floating *colp = &cols[0, 0] if use_col else NULL
+    cdef Py_ssize_t it, n, grp, o
+    cdef const floating *b_mat
+    cdef floating beta
+    with nogil:
+        if direct:
+            # one output plane per iteration; channel o reads input channel o // Og
+            for it in prange(g.N * g.O, schedule='static', num_threads=num_threads):
+                n = it // g.O
+                o = it % g.O
+                _fill_planes(yp + it * g.P, bp + o if has_bias else NULL, 1, g.P, has_bias)
+                _depthwise_forward_plane(xp + (n * g.C + o // g.Og) * g.H * g.W,
+                                         wp + o * g.kh * g.kw, yp + it * g.P, &g)
+        else:
+            for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
+                n = it // g.groups
+                grp = it % g.groups
+                b_mat = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+                if use_col:
+                    _im2col(b_mat, colp + threadid() * g.K * g.P, &g)
+                    b_mat = colp + threadid() * g.K * g.P
+                beta = 0
+                if has_bias:
+                    _fill_planes(yp + (n * g.O + grp * g.Og) * g.P, bp + grp * g.Og, g.Og, g.P,
+                                 True)
+                    beta = 1
+                _gemm(c'N', c'N', g.Og, g.P, g.K, wp + grp * g.Og * g.K, g.K, b_mat, g.P, beta,
+                      yp + (n * g.O + grp * g.Og) * g.P, g.P)
+
+
+def conv_backward_data(const floating[:, :, :, ::1] gy not None,
+                       const floating[:, :, :, ::1] w not None,
+                       const floating[::1] initial not None,
+                       floating[:, :, :, ::1] gx not None,
+                       int sh, int sw, int pt, int pl, int dh, int dw, int groups,
+                       int num_threads):
+    """gx = initial + convᵀ(gy, w): the input gradient of ``conv_forward``.
+
+    ``initial`` (one value per channel of gx, or length 0 for zeros) lets conv_transpose2d add
+    its bias in the same pass.  Every (sample, group) writes its own channels of gx only.
+    """
+    cdef Geometry g = _geometry(gx.shape[0], gx.shape[1], gx.shape[2], gx.shape[3], gy.shape[1],
+                                gy.shape[2], gy.shape[3], w.shape[2], w.shape[3],
+                                sh, sw, pt, pl, dh, dw, groups)
+    cdef bint has_initial = initial.shape[0] > 0
+    cdef bint direct = g.Cg == 1
+    num_threads = _threads_for(num_threads, g.N * g.C if direct else g.N * g.groups)
+    cdef bint use_col = not direct and not g.pointwise
+    cdef floating[:, ::1] cols = np.empty(
+        (num_threads if use_col else 0, g.K * g.P if use_col else 0),
+        dtype=np.float32 if floating is float else np.float64)
+    cdef const floating *gyp = &gy[0, 0, 0, 0]
+    cdef const floating *wp = &w[0, 0, 0, 0]
+    cdef const floating *ip = &initial[0] if has_initial else NULL
+    cdef floating *gxp = &gx[0, 0, 0, 0]
+    cdef floating *colp = &cols[0, 0] if use_col else NULL
+    cdef Py_ssize_t it, n, grp, c, m, HW = g.H * g.W
+    cdef floating *gx_group
+    cdef floating beta
+    with nogil:
+        if direct:
+            # input channel c collects from its Og output channels c·Og … c·Og + Og − 1
+            for it in prange(g.N * g.C, schedule='static', num_threads=num_threads):
+                n = it // g.C
+                c = it % g.C
+                _fill_planes(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, has_initial)
+                for m in range(g.Og):
+                    _depthwise_data_plane(gyp + (n * g.O + c * g.Og + m) * g.P,
+                                          wp + (c * g.Og + m) * g.kh * g.kw, gxp + it * HW, &g)
+        else:
+            for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
+                n = it // g.groups
+                grp = it % g.groups
+                gx_group = gxp + (n * g.C + grp * g.Cg) * HW
+                _fill_planes(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW,
+                             has_initial)
+                if g.pointwise:
+                    beta = 1
+                    _gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K,
+                          gyp + (n * g.O + grp * g.Og) * g.P, g.P, beta, gx_group, g.P)
+                else:
+                    beta = 0
+                    _gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K,
+                          gyp + (n * g.O + grp * g.Og) * g.P, g.P, beta,
+                          colp + threadid() * g.K * g.P, g.P)
+                    _col2im(colp + threadid() * g.K * g.P, gx_group, &g)
+
+
+def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
+                         const floating[:, :, :, ::1] x not None,
+                         floating[:, :, :, ::1] gw not None,
+                         int sh, int sw, int pt, int pl, int dh, int dw, int groups,
+                         int num_threads):
+    """gw = Σ_n gy[n] · im2col(x[n])ᵀ per group: the weight gradient of ``conv_forward``.
+
+    The GEMM path accumulates into one partial per thread and sums the partials in thread order
+    afterwards; the direct path gives each output channel to one thread.  Either way the bits
+    depend only on the thread count.
+    """
+    cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], gy.shape[1],
+                                gy.shape[2], gy.shape[3], gw.shape[2], gw.shape[3],
+                                sh, sw, pt, pl, dh, dw, groups)
+    cdef bint direct = g.Cg == 1
+    num_threads = _threads_for(num_threads, g.O if direct else g.N * g.groups)
+    cdef bint use_col = not direct and not g.pointwise
+    cdef object dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t size = g.O * g.K
+    cdef floating[:, ::1] cols = np.empty(
+        (num_threads if use_col else 0, g.K * g.P if use_col else 0), dtype=dtype)
+    cdef floating[:, ::1] partials = np.zeros((0 if direct else num_threads, size), dtype=dtype)
+    cdef floating[:, ::1] rows = np.empty((num_threads if direct else 0, g.OW), dtype=dtype)
+    cdef const floating *gyp = &gy[0, 0, 0, 0]
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *gwp = &gw[0, 0, 0, 0]
+    cdef floating *colp = &cols[0, 0] if use_col else NULL
+    cdef floating *partp = NULL if direct else &partials[0, 0]
+    cdef floating *rowp = &rows[0, 0] if direct else NULL
+    cdef Py_ssize_t it, n, grp, o, t, e
+    cdef const floating *b_mat
+    cdef floating one = 1
+    cdef double acc
+    with nogil:
+        if direct:
+            for o in prange(g.O, schedule='static', num_threads=num_threads):
+                _depthwise_weight_channel(gyp, xp, gwp + o * g.kh * g.kw, o,
+                                          rowp + threadid() * g.OW, &g)
+        else:
+            for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
+                n = it // g.groups
+                grp = it % g.groups
+                b_mat = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+                if use_col:
+                    _im2col(b_mat, colp + threadid() * g.K * g.P, &g)
+                    b_mat = colp + threadid() * g.K * g.P
+                _gemm(c'N', c'T', g.Og, g.K, g.P, gyp + (n * g.O + grp * g.Og) * g.P, g.P,
+                      b_mat, g.P, one, partp + threadid() * size + grp * g.Og * g.K, g.K)
+            for e in prange(size, schedule='static', num_threads=num_threads):
+                acc = 0
+                for t in range(num_threads):
+                    acc = acc + partp[t * size + e]
+                gwp[e] = <floating> acc
+
+
+def channel_sums(const floating[:, :, :, ::1] gy not None, floating[::1] gb not None,
+                 int num_threads):
+    """gb[o] = Σ_{n, h, w} gy[n, o, h, w] (a bias gradient), in double, one channel per thread."""
+    cdef Py_ssize_t batch = gy.shape[0], channels = gy.shape[1], P = gy.shape[2] * gy.shape[3]
+    cdef const floating *gyp = &gy[0, 0, 0, 0]
+    cdef floating *gbp = &gb[0]
+    cdef Py_ssize_t o, n
+    cdef double acc
+    with nogil:
+        for o in prange(channels, schedule='static', num_threads=num_threads):
+            acc = 0
+            for n in range(batch):
+                acc = acc + _plane_sum(gyp + (n * channels + o) * P, P)
+            gbp[o] = <floating> acc

@@ -1,0 +1,370 @@
+"""conv2d and conv_transpose2d, forward and backward: validation, sizes, allocation.
+
+Both ops run the three loops of ``declcnn/_kernels/conv.pyx`` (forward, backward-data,
+backward-weight) on a *conv view*: a plain convolution from an input of C channels to an output
+of O channels.  For conv2d the view is the op itself; for conv_transpose2d it is the conv whose
+input gradient the transposed conv computes, so forward and backward-data swap (Caffe's base
+convolution) and the weight, in PyTorch's ``in × out/groups × kh × kw`` layout, is that conv's
+``O × C/groups × kh × kw`` weight as it stands.
+
+Arrays are NCHW, float32 (float64 also runs, for gradient checks); inputs are made C-contiguous
+(a copy only when they are not).  Bad arguments raise ``ShapeError`` naming the argument and
+the rule, in PyTorch's wording where PyTorch has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._kernels import conv as _kernels
+from ..errors import ShapeError
+from ..shapes import conv_output_size, conv_transpose_output_size, dilated_extent, same_padding
+from ..threads import get_num_threads
+from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kernel calls it)
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class _ConvView:
+    """The plain convolution a call runs: input (N, C, H, W) → output (N, O, OH, OW)."""
+
+    input_shape: tuple[int, int, int, int]
+    output_shape: tuple[int, int, int, int]
+    stride: tuple[int, int]
+    pad_top_left: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    def kernel_args(self) -> tuple[int, ...]:
+        return (*self.stride, *self.pad_top_left, *self.dilation, self.groups)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
+    """``(h, w)`` from an int or a pair of ints, each ≥ ``minimum``."""
+    if _is_int(value):
+        pair = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_int, value)):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        pair = None
+    if pair is None or min(pair) < minimum:
+        raise ShapeError(
+            f"{op}: {name} must be an integer ≥ {minimum} or a pair of them (height, width); "
+            f"got {value!r}. Use e.g. {name}={minimum} or {name}=({minimum}, {minimum + 1})."
+        )
+    return pair
+
+
+def _groups(groups, op: str) -> int:
+    if not _is_int(groups) or groups < 1:
+        raise ShapeError(
+            f"{op}: groups must be an integer ≥ 1; got {groups!r}. Use groups=1 for a full "
+            f"convolution, or a number that divides both channel counts."
+        )
+    return int(groups)
+
+
+def _float_array(value, name: str, op: str, ndim: int, layout: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype not in _FLOATS:
+        raise ShapeError(
+            f"{op}: {name} must be float32 or float64; got dtype {array.dtype}. Convert it with "
+            f"{name}.astype(np.float32)."
+        )
+    if array.ndim != ndim:
+        raise ShapeError(
+            f"{op}: {name} must be {ndim}-D ({layout}); got {array.ndim}-D {name} of shape "
+            f"{list(array.shape)}."
+            + (" Add a batch axis with x[None] for a single image." if name == "input" else "")
+        )
+    return np.ascontiguousarray(array)
+
+
+def _same_dtype(array: np.ndarray, name: str, dtype: np.dtype, op: str) -> None:
+    if array.dtype != dtype:
+        raise ShapeError(
+            f"{op}: {name} has dtype {array.dtype} but the input has {dtype}; all arrays of one "
+            f"call must share a dtype. Convert with {name}.astype(np.{dtype})."
+        )
+
+
+def _bias(bias, out_channels: int, dtype: np.dtype, op: str) -> np.ndarray:
+    """The bias as a contiguous vector, or an empty one (the kernels' "no bias")."""
+    if bias is None:
+        return np.empty(0, dtype=dtype)
+    b = _float_array(bias, "bias", op, 1, f"one value per output channel, ({out_channels},)")
+    if b.shape != (out_channels,):
+        raise ShapeError(
+            f"{op}: bias must have shape ({out_channels},), one value per output channel; got "
+            f"shape {tuple(b.shape)}."
+        )
+    _same_dtype(b, "bias", dtype, op)
+    return b
+
+
+def _weight(weight, x: np.ndarray, op: str, layout: str) -> np.ndarray:
+    w = _float_array(weight, "weight", op, 4, layout)
+    _same_dtype(w, "weight", x.dtype, op)
+    if w.size == 0:
+        raise ShapeError(f"{op}: weight of size {list(w.shape)} has no elements; every axis "
+                         f"must be ≥ 1.")
+    return w
+
+
+def _conv2d_padding(padding, kernel, stride, dilation, op: str) -> tuple[tuple[int, int], ...]:
+    """``((top, bottom), (left, right))`` from any accepted form of conv2d's ``padding``."""
+    sides = None
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ShapeError(
+                    f"{op}: padding='same' needs stride 1 (as in PyTorch); got stride={stride}. "
+                    f"Give the padding as numbers, or padding='valid', for a stride > 1."
+                )
+            return same_padding(kernel[0], dilation[0]), same_padding(kernel[1], dilation[1])
+    elif _is_int(padding):
+        sides = ((int(padding),) * 2,) * 2
+    elif isinstance(padding, (tuple, list)) and len(padding) == 2:
+        if all(map(_is_int, padding)):
+            sides = tuple((int(p), int(p)) for p in padding)
+        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(map(_is_int, p))
+                 for p in padding):
+            sides = tuple((int(a), int(b)) for a, b in padding)
+    if sides is not None and min(min(s) for s in sides) >= 0:
+        return sides
+    raise ShapeError(
+        f"{op}: padding must be an integer ≥ 0, a pair (height, width), a pair of pairs "
+        f"((top, bottom), (left, right)) with every side ≥ 0, 'same' or 'valid'; got {padding!r}."
+    )
+
+
+def _too_small(op: str, sizes: tuple[int, int], formulas: tuple[str, str]) -> ShapeError:
+    axis = 0 if sizes[0] < 1 else 1
+    return ShapeError(
+        f"{op}: the output would be {sizes[0]}×{sizes[1]} pixels, less than 1: "
+        f"{('height', 'width')[axis]} {formulas[axis]} = {sizes[axis]}. Use a larger input, more "
+        f"padding, or a smaller kernel, stride or dilation."
+    )
+
+
+def _conv2d_view(op, x, weight, stride, padding, dilation, groups):
+    """Check conv2d's arguments; return the view and the contiguous input and weight."""
+    x = _float_array(x, "input", op, 4, "N, C, H, W")
+    w = _weight(weight, x, op, "out_channels, in_channels/groups, kh, kw")
+    stride = _pair(stride, "stride", op, 1)
+    dilation = _pair(dilation, "dilation", op, 1)
+    groups = _groups(groups, op)
+    O, Cg, kh, kw = w.shape
+    if O % groups:
+        raise ShapeError(
+            f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
+            f"dimension 0 (out_channels), but got weight of size {list(w.shape)} instead."
+        )
+    N, C, H, W = x.shape
+    if C != Cg * groups:
+        raise ShapeError(
+            f"{op}: Given groups={groups}, weight of size {list(w.shape)}, expected "
+            f"input{list(x.shape)} to have {Cg * groups} channels, but got {C} channels instead. "
+            f"The input's channels must equal weight.shape[1] × groups."
+        )
+    (pt, pb), (pl, pr) = _conv2d_padding(padding, (kh, kw), stride, dilation, op)
+    OH = conv_output_size(H, kh, stride[0], pt, pb, dilation[0])
+    OW = conv_output_size(W, kw, stride[1], pl, pr, dilation[1])
+    if OH < 1 or OW < 1:
+        raise _too_small(op, (OH, OW), tuple(
+            f"(input {size} + padding {b}+{e} − dilated kernel {dilated_extent(k, d)}) "
+            f"// stride {s} + 1"
+            for size, b, e, k, d, s in ((H, pt, pb, kh, dilation[0], stride[0]),
+                                        (W, pl, pr, kw, dilation[1], stride[1]))))
+    view = _ConvView((N, C, H, W), (N, O, OH, OW), stride, (pt, pl), dilation, groups)
+    return view, x, w
+
+
+def _transpose_view(op, x, weight, stride, padding, output_padding, groups, dilation):
+    """Check conv_transpose2d's arguments; return the conv view (input: the transposed conv's
+    output; output: its input) and the contiguous input and weight."""
+    x = _float_array(x, "input", op, 4, "N, C, H, W")
+    w = _weight(weight, x, op, "in_channels, out_channels/groups, kh, kw")
+    stride = _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    output_padding = _pair(output_padding, "output_padding", op, 0)
+    dilation = _pair(dilation, "dilation", op, 1)
+    groups = _groups(groups, op)
+    Cin, Og, kh, kw = w.shape
+    if Cin % groups:
+        raise ShapeError(
+            f"{op}: Given groups={groups}, expected weight to be divisible by {groups} at "
+            f"dimension 0 (in_channels), but got weight of size {list(w.shape)} instead."
+        )
+    N, C, H, W = x.shape
+    if C != Cin:
+        raise ShapeError(
+            f"{op}: Given transposed=1, weight of size {list(w.shape)}, expected "
+            f"input{list(x.shape)} to have {Cin} channels, but got {C} channels instead. "
+            f"The input's channels must equal weight.shape[0]."
+        )
+    if any(op_ >= max(s, d) for op_, s, d in zip(output_padding, stride, dilation, strict=True)):
+        raise ShapeError(
+            f"{op}: output_padding must be smaller than either stride or dilation; got "
+            f"output_padding={output_padding}, stride={stride}, dilation={dilation}. Use "
+            f"output_padding < max(stride, dilation) on each axis."
+        )
+    OH = conv_transpose_output_size(H, kh, stride[0], padding[0], dilation[0], output_padding[0])
+    OW = conv_transpose_output_size(W, kw, stride[1], padding[1], dilation[1], output_padding[1])
+    if OH < 1 or OW < 1:
+        raise _too_small(op, (OH, OW), tuple(
+            f"(input {size} − 1)·stride {s} − 2·padding {p} + dilation {d}·(kernel {k} − 1) "
+            f"+ output_padding {o} + 1"
+            for size, s, p, d, k, o in ((H, stride[0], padding[0], dilation[0], kh,
+                                         output_padding[0]),
+                                        (W, stride[1], padding[1], dilation[1], kw,
+                                         output_padding[1]))))
+    view = _ConvView((N, Og * groups, OH, OW), (N, Cin, H, W), stride, padding, dilation, groups)
+    return view, x, w
+
+
+def _output(out, shape, dtype, op: str) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if (not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype
+            or not out.flags.c_contiguous or not out.flags.writeable):
+        got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
+               f"{out.dtype} array of shape {list(out.shape)}"
+               + ("" if out.flags.c_contiguous else ", not C-contiguous"))
+        raise ShapeError(
+            f"{op}: out must be a writeable C-contiguous {dtype} array of shape {list(shape)}; "
+            f"got a {got}."
+        )
+    return out
+
+
+def _grad_output(grad_y, shape, dtype, op: str) -> np.ndarray:
+    gy = _float_array(grad_y, "grad_y", op, 4, "N, C, H, W")
+    if gy.shape != tuple(shape):
+        raise ShapeError(
+            f"{op}: grad_y must have the forward output's shape {list(shape)}; got "
+            f"{list(gy.shape)}. Pass the gradient of the output this call's arguments produce."
+        )
+    _same_dtype(gy, "grad_y", dtype, op)
+    return gy
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=None):
+    """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
+
+    ``y[n, o] = b[o] + Σ_{c, i, j} w[o, c, i, j] · x[n, g·C/groups + c, oh·s + i·d − p_top,
+    ow·s + j·d − p_left]`` with g = o // (O/groups), zeros outside the input.
+
+    ``padding``: int | (ph, pw) | ((top, bottom), (left, right)) | "same" | "valid"; "same"
+    (stride 1 only) pads d·(k−1) in total with the odd pixel at the end, as PyTorch does.
+
+    Shape:
+        input (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) → (N, O, OH, OW) with
+        ``OH = (H + p_top + p_bottom − d·(kh−1) − 1) // s + 1`` (likewise OW).
+
+    >>> import numpy as np
+    >>> conv2d(np.ones((1, 1, 5, 5), np.float32), np.ones((2, 1, 3, 3), np.float32),
+    ...        stride=2).shape
+    (1, 2, 2, 2)
+    """
+    view, x, w = _conv2d_view("conv2d", x, weight, stride, padding, dilation, groups)
+    b = _bias(bias, view.output_shape[1], x.dtype, "conv2d")
+    y = _output(out, view.output_shape, x.dtype, "conv2d")
+    if y.size:
+        _kernels.conv_forward(x, w, b, y, *view.kernel_args(), get_num_threads())
+    return y
+
+
+def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1,
+                    needs_input_grad=True, has_bias=True):
+    """Gradients of ``conv2d`` for the output gradient ``grad_y``: ``(gx | None, gw, gb | None)``.
+
+    ``gx`` is the adjoint conv of gy (skipped when ``needs_input_grad`` is false);
+    ``gw[o, c, i, j] = Σ_{n, oh, ow} gy[n, o, oh, ow] · x[n, …, oh·s + i·d − p, …]``;
+    ``gb[o] = Σ_{n, oh, ow} gy[n, o, oh, ow]`` (skipped when ``has_bias`` is false).
+
+    Shape:
+        grad_y (N, O, OH, OW) as conv2d's output → gx (N, C, H, W), gw (O, C/groups, kh, kw),
+        gb (O,).
+    """
+    op = "conv2d_backward"
+    view, x, w = _conv2d_view(op, x, weight, stride, padding, dilation, groups)
+    gy = _grad_output(grad_y, view.output_shape, x.dtype, op)
+    return _backward(gy, x, w, view, needs_input_grad, has_bias, transposed=False)
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, out=None):
+    """2-D transposed convolution, as ``torch.nn.functional.conv_transpose2d``: the input
+    gradient of a conv2d whose weight is ``weight``.
+
+    ``y[n, o, ih·s + i·d − p, iw·s + j·d − p] += x[n, c, ih, iw] · w[c, o − g·O/groups, i, j]``
+    over every input pixel, for c in group g; plus ``b[o]``.
+
+    Shape:
+        input (N, C, H, W), weight (C, O/groups, kh, kw), bias (O,) → (N, O, OH, OW) with
+        ``OH = (H − 1)·s − 2·p + d·(kh − 1) + output_padding + 1`` (likewise OW);
+        ``output_padding < max(stride, dilation)``.
+
+    >>> import numpy as np
+    >>> conv_transpose2d(np.ones((1, 4, 3, 3), np.float32), np.ones((4, 2, 2, 2), np.float32),
+    ...                  stride=2).shape
+    (1, 2, 6, 6)
+    """
+    op = "conv_transpose2d"
+    view, x, w = _transpose_view(op, x, weight, stride, padding, output_padding, groups, dilation)
+    b = _bias(bias, view.input_shape[1], x.dtype, op)
+    y = _output(out, view.input_shape, x.dtype, op)
+    if y.size:
+        _kernels.conv_backward_data(x, w, b, y, *view.kernel_args(), get_num_threads())
+    return y
+
+
+def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_padding=0,
+                              groups=1, dilation=1, needs_input_grad=True, has_bias=True):
+    """Gradients of ``conv_transpose2d``: ``(gx | None, gw, gb | None)``.
+
+    ``gx`` is conv2d of gy with the same weight and arguments; ``gw[c, o, i, j] = Σ x[n, c, ih,
+    iw] · gy[n, o, ih·s + i·d − p, iw·s + j·d − p]``; ``gb[o] = Σ_{n, h, w} gy[n, o, h, w]``.
+
+    Shape:
+        grad_y (N, O, OH, OW) as conv_transpose2d's output → gx (N, C, H, W),
+        gw (C, O/groups, kh, kw), gb (O,).
+    """
+    op = "conv_transpose2d_backward"
+    view, x, w = _transpose_view(op, x, weight, stride, padding, output_padding, groups, dilation)
+    gy = _grad_output(grad_y, view.input_shape, x.dtype, op)
+    return _backward(gy, x, w, view, needs_input_grad, has_bias, transposed=True)
+
+
+def _backward(gy, x, w, view: _ConvView, needs_input_grad: bool, has_bias: bool,
+              transposed: bool):
+    """The three gradients on the conv view; a transposed conv's gy and x are the view's input
+    and output gradient respectively, so the roles of the primitives swap."""
+    threads = get_num_threads()
+    args = view.kernel_args()
+    view_input, view_grad = (gy, x) if transposed else (x, gy)
+    gx = np.empty(x.shape, dtype=x.dtype) if needs_input_grad else None
+    gw = np.zeros(w.shape, dtype=w.dtype)
+    gb = np.zeros(gy.shape[1], dtype=gy.dtype) if has_bias else None
+    if x.shape[0] == 0:  # an empty batch: no input gradient to fill, nothing to sum
+        return gx, gw, gb
+    no_initial = np.empty(0, dtype=x.dtype)
+    if gx is not None:
+        if transposed:
+            _kernels.conv_forward(gy, w, no_initial, gx, *args, threads)
+        else:
+            _kernels.conv_backward_data(gy, w, no_initial, gx, *args, threads)
+    _kernels.conv_backward_weight(view_grad, view_input, gw, *args, threads)
+    if gb is not None:
+        _kernels.channel_sums(gy, gb, threads)
+    return gx, gw, gb
