@@ -77,13 +77,35 @@ cdef inline floating _window_max(const floating *plane, Py_ssize_t W,
     return best
 
 
+cdef inline floating _run_sum(const floating *run, Py_ssize_t n) noexcept nogil:
+    """Sum of ``n`` contiguous values.  Long runs use eight interleaved partial sums: independent
+    chains the compiler vectorises (one chain would wait on every add); short runs (n < 8) add
+    left to right, as PyTorch does."""
+    cdef floating part[8]
+    cdef floating total
+    cdef Py_ssize_t i = 0, j
+    for j in range(8):
+        part[j] = 0
+    while i + 8 <= n:
+        for j in range(8):
+            part[j] += run[i + j]
+        i += 8
+    total = (((part[0] + part[1]) + (part[2] + part[3]))
+             + ((part[4] + part[5]) + (part[6] + part[7])))
+    while i < n:
+        total = total + run[i]
+        i += 1
+    return total
+
+
 cdef inline floating _window_sum(const floating *plane, Py_ssize_t W, Py_ssize_t hs,
                                  Py_ssize_t he, Py_ssize_t ws, Py_ssize_t we) noexcept nogil:
     cdef floating total = 0
-    cdef Py_ssize_t h, w
+    cdef Py_ssize_t h
+    if ws == 0 and we == W:  # whole rows are one contiguous run (global pooling)
+        return _run_sum(plane + hs * W, (he - hs) * W)
     for h in range(hs, he):
-        for w in range(ws, we):
-            total = total + plane[h * W + w]
+        total = total + _run_sum(plane + h * W + ws, we - ws)
     return total
 
 
@@ -99,6 +121,83 @@ cdef inline void _pick(floating v, int64_t at, floating *best, int64_t *where) n
     if v > best[0] or v != v:
         best[0] = v
         where[0] = at
+
+
+cdef inline Py_ssize_t _inside_end(Py_ssize_t size, Py_ssize_t stride, Py_ssize_t pad,
+                                   Py_ssize_t extent, Py_ssize_t out) noexcept nogil:
+    """One past the last output whose window ends inside the input (0 when none does)."""
+    if size + pad < extent:
+        return 0
+    return min((size + pad - extent) // stride + 1, out)
+
+
+cdef inline void _max_row_general(const floating *plane, Py_ssize_t W, Span hspan, Py_ssize_t dh,
+                                  Py_ssize_t first, Py_ssize_t last, Py_ssize_t sw,
+                                  Py_ssize_t pw, Py_ssize_t kw, Py_ssize_t dw,
+                                  floating *y_row, int64_t *i_row) noexcept nogil:
+    cdef Py_ssize_t ow
+    cdef Span wspan
+    for ow in range(first, last):
+        wspan = _dilated_span(ow, sw, pw, kw, dw, W)
+        y_row[ow] = _window_max(plane, W, hspan.start, hspan.end, dh, wspan.start, wspan.end,
+                                dw, i_row + ow)
+
+
+cdef inline void _max_row_inside(const floating *plane, Py_ssize_t W, Span hspan, Py_ssize_t dh,
+                                 Py_ssize_t first, Py_ssize_t last, Py_ssize_t sw,
+                                 Py_ssize_t pw, Py_ssize_t kw, Py_ssize_t dw,
+                                 floating *y_row, int64_t *i_row) noexcept nogil:
+    """Outputs ``first..last`` of a row, whose windows lie inside the input's width: one tap at
+    a time across the row, branch-free, so the compiler vectorises over outputs (random data
+    mispredicts a per-window branch).  Each output still sees its taps in scan order."""
+    cdef Py_ssize_t ow, h, b, at
+    cdef floating v
+    cdef bint take
+    for ow in range(first, last):
+        y_row[ow] = -INFINITY
+        i_row[ow] = hspan.start * W + ow * sw - pw
+    h = hspan.start
+    while h < hspan.end:
+        for b in range(kw):
+            at = h * W + b * dw - pw
+            for ow in range(first, last):
+                v = plane[at + ow * sw]
+                take = (v > y_row[ow]) | (v != v)
+                y_row[ow] = v if take else y_row[ow]
+                i_row[ow] = at + ow * sw if take else i_row[ow]
+        h += dh
+
+
+cdef inline void _avg_row_general(const floating *plane, Py_ssize_t W, Span hspan,
+                                  Py_ssize_t first, Py_ssize_t last, Py_ssize_t sw,
+                                  Py_ssize_t pw, Py_ssize_t kw, bint count_include_pad,
+                                  floating *y_row) noexcept nogil:
+    cdef Py_ssize_t ow
+    cdef Span wspan
+    for ow in range(first, last):
+        wspan = _avg_span(ow, sw, pw, kw, W)
+        y_row[ow] = (_window_sum(plane, W, hspan.start, hspan.end, wspan.start, wspan.end)
+                     / _divisor(hspan, wspan, count_include_pad))
+
+
+cdef inline void _avg_row_inside(const floating *plane, Py_ssize_t W, Span hspan,
+                                 Py_ssize_t first, Py_ssize_t last, Py_ssize_t sw,
+                                 Py_ssize_t pw, Py_ssize_t kw, bint count_include_pad,
+                                 floating *y_row) noexcept nogil:
+    """As :func:`_max_row_inside`, for sums: each output adds its taps in scan order."""
+    cdef Py_ssize_t ow, h, b, at
+    cdef Span wspan
+    wspan.start, wspan.end, wspan.padded = 0, kw, kw
+    cdef floating divisor = _divisor(hspan, wspan, count_include_pad)
+    for ow in range(first, last):
+        y_row[ow] = 0
+    for h in range(hspan.start, hspan.end):
+        for b in range(kw):
+            at = h * W + b - pw
+            for ow in range(first, last):
+                y_row[ow] += plane[at + ow * sw]
+    for ow in range(first, last):
+        y_row[ow] /= divisor
 
 
 cdef inline void _max_row_pairs(const floating *row0, Py_ssize_t W, Py_ssize_t base,
@@ -153,23 +252,28 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x not None,
         and dh == 1 and dw == 1
     # with ceil_mode an odd side adds a last, clipped window: the general loop takes it
     cdef Py_ssize_t full = min(OW, W // 2) if pairs else 0
-    cdef Py_ssize_t r, oh, ow
-    cdef Span hspan, wspan
+    # outputs first..last have windows wholly inside the width; the rest touch the padding
+    cdef Py_ssize_t first = min((pw + sw - 1) // sw, OW)
+    cdef Py_ssize_t last = max(_inside_end(W, sw, pw, (kw - 1) * dw + 1, OW), first)
+    cdef Py_ssize_t r, oh
+    cdef Span hspan
     cdef const floating *plane
     with nogil:
         for r in prange(rows, schedule='static', num_threads=num_threads):
             plane = xp + (r // OH) * H * W
             oh = r % OH
-            ow = 0
+            hspan = _dilated_span(oh, sh, ph, kh, dh, H)
             if pairs and 2 * oh + 1 < H:
                 _max_row_pairs(plane + 2 * oh * W, W, 2 * oh * W, yp + r * OW, ip + r * OW, full)
-                ow = full
-            hspan = _dilated_span(oh, sh, ph, kh, dh, H)
-            while ow < OW:
-                wspan = _dilated_span(ow, sw, pw, kw, dw, W)
-                yp[r * OW + ow] = _window_max(plane, W, hspan.start, hspan.end, dh,
-                                              wspan.start, wspan.end, dw, ip + r * OW + ow)
-                ow = ow + 1
+                _max_row_general(plane, W, hspan, dh, full, OW, sw, pw, kw, dw,
+                                 yp + r * OW, ip + r * OW)
+            else:
+                _max_row_general(plane, W, hspan, dh, 0, first, sw, pw, kw, dw,
+                                 yp + r * OW, ip + r * OW)
+                _max_row_inside(plane, W, hspan, dh, first, last, sw, pw, kw, dw,
+                                yp + r * OW, ip + r * OW)
+                _max_row_general(plane, W, hspan, dh, last, OW, sw, pw, kw, dw,
+                                 yp + r * OW, ip + r * OW)
 
 
 def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x not None,
@@ -246,25 +350,27 @@ def avg_pool2d_forward(const floating[:, :, :, ::1] x not None,
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef bint pairs = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
     cdef Py_ssize_t full = min(OW, W // 2) if pairs else 0
-    cdef Py_ssize_t r, oh, ow
-    cdef Span hspan, wspan
+    cdef Py_ssize_t first = min((pw + sw - 1) // sw, OW)
+    cdef Py_ssize_t last = max(_inside_end(W, sw, pw, kw, OW), first)
+    cdef Py_ssize_t r, oh
+    cdef Span hspan
     cdef const floating *plane
     with nogil:
         for r in prange(rows, schedule='static', num_threads=num_threads):
             plane = xp + (r // OH) * H * W
             oh = r % OH
-            ow = 0
+            hspan = _avg_span(oh, sh, ph, kh, H)
             if pairs and 2 * oh + 1 < H:
                 _avg_row_pairs(plane + 2 * oh * W, W, yp + r * OW, full)
-                ow = full
-            hspan = _avg_span(oh, sh, ph, kh, H)
-            while ow < OW:
-                wspan = _avg_span(ow, sw, pw, kw, W)
-                yp[r * OW + ow] = (
-                    _window_sum(plane, W, hspan.start, hspan.end, wspan.start, wspan.end)
-                    / _divisor(hspan, wspan, count_include_pad)
-                )
-                ow = ow + 1
+                _avg_row_general(plane, W, hspan, full, OW, sw, pw, kw, count_include_pad,
+                                 yp + r * OW)
+            else:
+                _avg_row_general(plane, W, hspan, 0, first, sw, pw, kw, count_include_pad,
+                                 yp + r * OW)
+                _avg_row_inside(plane, W, hspan, first, last, sw, pw, kw, count_include_pad,
+                                yp + r * OW)
+                _avg_row_general(plane, W, hspan, last, OW, sw, pw, kw, count_include_pad,
+                                 yp + r * OW)
 
 
 def avg_pool2d_backward(const floating[:, :, :, ::1] grad_y not None,
