@@ -36,6 +36,12 @@ def kind(value) -> str:
     return "date/time"
 
 
+def described(value) -> str:
+    """``"64" (a string)``: a value and its TOML type, for "got ..." in messages."""
+    article = "an" if kind(value)[0] in "aeiou" else "a"
+    return f"{show(value)} ({article} {kind(value)})"
+
+
 def show(value) -> str:
     """A value as it would be written in TOML, cut short when long (for messages)."""
     if isinstance(value, bool):
@@ -68,6 +74,13 @@ def suggestion(word: str, candidates, what: str = "") -> str:
     listed = ", ".join(f"'{c}'" for c in candidates[:12])
     more = f" and {len(candidates) - 12} more" if len(candidates) > 12 else ""
     return f"valid {what or 'choices'}: {listed}{more}."
+
+
+def did_you_mean(word: str, candidates) -> str:
+    """``"Did you mean 'x'? "`` when a candidate is close, else nothing (for messages that go
+    on to list the valid choices themselves)."""
+    best = closest(word, candidates)
+    return f"Did you mean '{best}'? " if best is not None else ""
 
 
 def parameter_name(value) -> str | None:

@@ -19,6 +19,8 @@ from typing import Any
 
 from ._values import (
     bad_name_character,
+    described,
+    did_you_mean,
     is_int,
     is_number,
     kind,
@@ -80,7 +82,7 @@ class Block:
         like = f" (like its default {show(self.defaults[param])})" if param in self.defaults \
             else ""
         return (f"argument '{param}' of block '{self.name}' must be of type {expected}{like}; got "
-                f"{show(value)} (a {kind(value)}).")
+                f"{described(value)}.")
 
     def check_args(self, args: dict, in_block: bool) -> list[str]:
         """Missing, unknown and wrongly typed arguments of one use (``$x`` values wait)."""
@@ -105,7 +107,7 @@ def read_blocks(table, report: Report) -> dict[str, Block]:
     if table is None:
         return {}
     if not isinstance(table, dict):
-        report.add(f"must be tables [blocks.NAME]; got {show(table)} (a {kind(table)}).",
+        report.add(f"must be tables [blocks.NAME]; got {described(table)}.",
                    ("blocks",), section="blocks")
         return {}
     blocks: dict[str, Block] = {}
@@ -127,7 +129,7 @@ def read_blocks(table, report: Report) -> dict[str, Block]:
             block.ok = False
         for key in definition:
             if key not in BLOCK_KEYS:
-                report.add(f"unknown key; {suggestion(key, BLOCK_KEYS, 'keys')} A block has "
+                report.add(f"unknown key. {did_you_mean(key, BLOCK_KEYS)}A block has "
                            f"params, required and layers.", block.path + (key,), key=key,
                            section=section)
         _read_params(block, definition, report)
@@ -227,7 +229,7 @@ class _Context:
     args: dict[str, _Arg]
     names: set[str]
     origin: str | None = None
-    top: tuple[int, str] = (0, "")
+    top: LayerDef | None = None  # the file's [[layers]] table being expanded
     resolved: dict[str, str] = field(default_factory=dict)
 
 
@@ -277,14 +279,16 @@ class _Expansion:
         self.full = False
 
     def problem(self, context: _Context, message: str, line: int | None, key: str) -> None:
-        self.report.add(message, line=line, layer=context.top, key=key)
+        """A mistake found while expanding: blamed on the file's layer whose use led here."""
+        top = context.top
+        self.report.add(message, line=line, layer=(top.position, top.name), key=key)
 
     def run(self, layers: list[LayerDef], context: _Context) -> str:
         """Expand one list of layers; return the global name of its last layer."""
         previous = context.block_input or INPUT
         for layer in layers:
             if context.block_input is None:
-                context.top = (layer.position, layer.name)
+                context.top = layer
             inputs = self.inputs(layer, context, previous) if layer.ok else None
             if inputs is not None and not self.full:
                 if layer.block is not None:
@@ -376,19 +380,19 @@ class _Expansion:
     def plain(self, layer: LayerDef, context: _Context, inputs: list[str]) -> str:
         if len(self.entries) >= MAX_LAYERS:
             self.full = True
+            top = context.top
             self.problem(context, f"the network expands to more than {MAX_LAYERS} layers; lower "
-                                  f"repeat.", self.report.line(layer.path), "repeat")
+                                  f"repeat.", self.report.line(top.path + ("repeat",)), "repeat")
             return inputs[0]
         keys, key_lines = {}, {}
         for key, value in layer.table.items():
-            if key in LAYER_KEYS:
-                continue
             whole = parameter_name(value)
-            if whole in context.args:
+            if whole in context.args:  # the value was written where the argument was
                 key_lines[key] = context.args[whole].line
             else:
                 key_lines[key] = self.report.line(layer.path + (key,))
-            keys[key] = _plain(_substitute(value, context))
+            if key not in LAYER_KEYS:
+                keys[key] = _plain(_substitute(value, context))
         layer_type = _plain(_substitute(layer.table["type"], context))
         if not isinstance(layer_type, str) or not layer_type:
             param = parameter_name(layer.table["type"])
@@ -397,7 +401,7 @@ class _Expansion:
                                   f"got {show(layer_type)}.", context.args[param].line, "args")
             return inputs[0]
         name = context.prefix + layer.name
-        self.entries.append(LayerEntry(context.top[0], name, layer_type, keys, inputs,
+        self.entries.append(LayerEntry(context.top.position, name, layer_type, keys, inputs,
                                        self.report.line(layer.path), key_lines, context.origin))
         return name
 

@@ -100,6 +100,10 @@ def dumps(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+INFERRED_KEYS = ("in_channels", "in_features", "num_features")
+"""Config keys a graph fills in from the incoming shape; a spec does not write them."""
+
+
 def _layers(items) -> list[dict]:
     """(name, type, inputs, keys) in order → ``[[layers]]`` tables, naming inputs only where a
     layer does not simply read the one before it."""
@@ -121,13 +125,16 @@ def emit_toml(spec) -> str:
     """A ``ParsedSpec`` or a ``Graph`` as a spec file, blocks expanded.
 
     A graph's layers are written with their normalised ``config`` (pairs as arrays, conv padding
-    as ``[[top, bottom], [left, right]]``); a parsed spec's with the keys as written.  Only the
+    as ``[[top, bottom], [left, right]]``, without the ``INFERRED_KEYS``); a parsed spec's with
+    the keys as written.  Only the
     ``[training]`` keys that differ from their defaults are written.
     """
     from .training import DEFAULTS
 
     if hasattr(spec, "nodes"):  # a Graph; spec/ does not import graph/
-        items = [(n.name, n.type, n.inputs, n.config) for n in spec.nodes]
+        items = [(n.name, n.type, n.inputs,
+                  {k: v for k, v in n.config.items() if k not in INFERRED_KEYS})
+                 for n in spec.nodes]
         shape = spec.input_shape
     else:
         items = [(e.name, e.type, e.inputs, e.keys) for e in spec.layers]

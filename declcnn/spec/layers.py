@@ -7,11 +7,20 @@ forward references and cycles.  Per-type keys (``out_channels``...) are ``graph/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import Problem
-from ._values import INT64_MAX, bad_name_character, is_int, kind, parameter_name, show, suggestion
+from ._values import (
+    INT64_MAX,
+    bad_name_character,
+    described,
+    did_you_mean,
+    is_int,
+    parameter_name,
+    show,
+    suggestion,
+)
 from .locate import Path
 
 if TYPE_CHECKING:
@@ -21,6 +30,11 @@ LAYER_KEYS = ("name", "type", "input", "inputs")
 USE_KEYS = ("name", "block", "args", "repeat", "input")
 MAX_REPEAT = 10_000
 INPUT = "input"
+_READABLE = {
+    True: 'A layer reads a layer above it, or "input" (the network input).',
+    False: 'A block\'s layer reads a layer above it in the block, "$input" (the block\'s input) '
+           'or "input" (the network input).',
+}
 
 
 class Report:
@@ -61,7 +75,6 @@ class LayerDef:
     block: str | None = None      # set for a block use
     refs: list[str] | None = None  # input/inputs as written; None reads the previous layer
     ok: bool = True
-    problems: list[tuple[str, str | None]] = field(default_factory=list)
 
 
 class Scope:
@@ -98,8 +111,7 @@ def read_layer_list(items: list, scope: Scope, blocks: dict[str, Block]) -> list
         path = scope.path + (position,)
         if not isinstance(table, dict):
             layer = LayerDef(position, f"layer{position}", {}, path)
-            scope.problem(layer, f"must be a table ([[layers]]); got {show(table)} "
-                                 f"(a {kind(table)}).")
+            scope.problem(layer, f"must be a table ([[layers]]); got {described(table)}.")
             layers.append(layer)
             continue
         layer = LayerDef(position, _default_name(table, position), table, path)
@@ -121,7 +133,7 @@ def _check_name(layer: LayerDef, scope: Scope) -> None:
         return
     name = layer.table["name"]
     if not isinstance(name, str):
-        scope.problem(layer, f"must be a string; got {show(name)} (a {kind(name)}).", "name")
+        scope.problem(layer, f"must be a string; got {described(name)}.", "name")
         return
     # Names written back from a graph (emit_toml) carry their block prefix: 'down1.conv1'.
     segments = name.split(".") if scope.block is None else [name]
@@ -139,8 +151,6 @@ def _check_name(layer: LayerDef, scope: Scope) -> None:
                              f"'_' and '-' (e.g. 'conv_1').", "name")
     else:
         layer.name = name
-        return
-    layer.name = f"layer{layer.position}"
 
 
 def _check_plain(layer: LayerDef, scope: Scope) -> None:
@@ -161,10 +171,10 @@ def _check_use(layer: LayerDef, scope: Scope, blocks: dict[str, Block]) -> None:
     table = layer.table
     for key in table:
         if key not in USE_KEYS:
-            hint = suggestion(key, USE_KEYS, "keys")
+            hint = did_you_mean(key, USE_KEYS)
             if key == "type":
-                hint = "use type for a layer or block for a block use, not both."
-            scope.problem(layer, f"not allowed in a block use; {hint} A block use takes name, "
+                hint = "Use type for a layer or block for a block use, not both. "
+            scope.problem(layer, f"not allowed in a block use. {hint}A block use takes name, "
                                  f"block, args, repeat and input.", key)
     name = table["block"]
     if not isinstance(name, str):
@@ -243,8 +253,8 @@ def _check_values(layer: LayerDef, scope: Scope) -> None:
                     scope.problem(layer, "'$input' (the block's input) can be used only in "
                                          "input, inputs or a nested block's args.", key)
             elif param not in scope.params:
-                known = sorted(scope.params) + [INPUT]
-                hint = suggestion(param, known, "parameters")
+                known = [f"${p}" for p in sorted(scope.params)] + ["$input"]
+                hint = suggestion(found, known, "parameters")
                 scope.problem(layer, f"'{found}' names no parameter of block '{scope.block}'; "
                                      f"{hint} Declare it in params (with a default) or required.",
                               key)
@@ -289,8 +299,7 @@ def _check_references(layers: list[LayerDef], scope: Scope) -> None:
                 above = [other.name for other in layers[:layer.position]]
                 known = ([INPUT] if scope.block is None else ["$input", INPUT]) + above
                 scope.problem(layer, f"'{ref}' names no layer; {suggestion(ref, known, 'names')} "
-                                     f"A layer reads a layer above it, or \"input\" (the network "
-                                     f"input).", key)
+                                     f"{_READABLE[scope.block is None]}", key)
             elif target == layer.position:
                 scope.problem(layer, f"the layer reads itself ('{ref}'); name a layer above it.",
                               key)

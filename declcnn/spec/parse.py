@@ -12,7 +12,7 @@ import os
 import re
 
 from ..errors import Problem, SpecError
-from ._values import is_int, kind, show, suggestion
+from ._values import described, did_you_mean, is_int, show
 from .blocks import Block, expand, read_blocks
 from .layers import LayerDef, Report, Scope, read_layer_list
 from .locate import locate
@@ -76,7 +76,7 @@ def parse_spec(text: str, file: str | None = None) -> ParsedSpec:
 
     for key in document:
         if key not in TOP_LEVEL:
-            report.add(f"unknown top-level key; {suggestion(key, TOP_LEVEL, 'tables')} A spec "
+            report.add(f"unknown top-level key. {did_you_mean(key, TOP_LEVEL)}A spec "
                        f"has [network], [[layers]], [blocks.NAME] and [training].", (key,),
                        key=key)
     name, input_shape = _check_network(document.get("network"), file, report)
@@ -103,16 +103,16 @@ def _check_network(network, file: str | None, report: Report) -> tuple[str, tupl
                    section="network")
         return default_name, ()
     if not isinstance(network, dict):
-        report.add(f"must be a table ([network]); got {show(network)} (a {kind(network)}).",
+        report.add(f"must be a table ([network]); got {described(network)}.",
                    ("network",), section="network")
         return default_name, ()
     for key in network:
         if key not in NETWORK_KEYS:
-            report.add(f"unknown key; {suggestion(key, NETWORK_KEYS, 'keys')} [network] takes "
+            report.add(f"unknown key. {did_you_mean(key, NETWORK_KEYS)}[network] takes "
                        f"name and input.", ("network", key), key=key, section="network")
     name = network.get("name", default_name)
     if not isinstance(name, str):
-        report.add(f"must be a string; got {show(name)} (a {kind(name)}).", ("network", "name"),
+        report.add(f"must be a string; got {described(name)}.", ("network", "name"),
                    key="name", section="network")
         name = default_name
     if "input" not in network:
@@ -138,8 +138,8 @@ def _check_layers(layers, blocks: dict[str, Block], report: Report) -> list[Laye
                    section="layers")
         return None
     if not isinstance(layers, list):
-        report.add(f"must be an array of tables ([[layers]]); got {show(layers)} "
-                   f"(a {kind(layers)}).", ("layers",), section="layers")
+        report.add(f"must be an array of tables ([[layers]]); got {described(layers)}.",
+                   ("layers",), section="layers")
         return None
     return read_layer_list(layers, Scope(report, ("layers",), None, set()), blocks)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 
-from ._values import INT64_MAX, is_int, is_number, kind, show, suggestion
+from ._values import INT64_MAX, described, is_int, is_number, show, suggestion
 
 DEFAULTS = {
     "dataset": "fashion-mnist",
@@ -58,8 +58,8 @@ def _integer(low: int, high: int):
 
 
 def _number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
-    lower = f"> {low}" if low_open else f"≥ {low}"
-    upper = "" if high == math.inf else (f" and < {high}" if high_open else f" and ≤ {high}")
+    lower = f"> {low:g}" if low_open else f"≥ {low:g}"
+    upper = "" if high == math.inf else (f" and < {high:g}" if high_open else f" and ≤ {high:g}")
 
     def inside(value) -> bool:
         return (is_number(value) and math.isfinite(value)
@@ -78,7 +78,7 @@ def _number(low: float, high: float = math.inf, low_open: bool = False, high_ope
 def _choice(options: tuple[str, ...]):
     def check(value):
         if not isinstance(value, str):
-            return f"must be one of {_listed(options)}; got {show(value)} (a {kind(value)})."
+            return f"must be one of {_listed(options)}; got {described(value)}."
         if value not in options:
             return f"'{value}' is not a choice; {suggestion(value, options, 'choices')}"
         return None
@@ -87,7 +87,7 @@ def _choice(options: tuple[str, ...]):
 
 def _boolean(value):
     if not isinstance(value, bool):
-        return f"must be true or false; got {show(value)} (a {kind(value)})."
+        return f"must be true or false; got {described(value)}."
     return None
 
 
@@ -170,8 +170,9 @@ def check_training(table, spec_file: str | None, report) -> dict:
     if table is None:
         return result
     if not isinstance(table, dict):
-        report(f"must be a table ([training]); got {show(table)} (a {kind(table)}).", None)
+        report(f"must be a table ([training]); got {described(table)}.", None)
         return result
+    bad = set()
     for key, value in table.items():
         if key == "dataset":
             message, resolved = _dataset(value, spec_file)
@@ -182,10 +183,11 @@ def check_training(table, spec_file: str | None, report) -> dict:
             message = f"unknown key; {suggestion(key, DEFAULTS, 'keys')}"
         if message:
             report(message, key)
+            bad.add(key)
         else:
             result[key] = value
     for key, (other, settings) in APPLIES_TO.items():
-        if key in table and result[other] not in settings:
+        if key in table and key not in bad and result[other] not in settings:
             needed = " or ".join(f"'{s}'" for s in settings)
             report(f"applies only when {other} = {needed}, but {other} is '{result[other]}'; "
                    f"remove {key} or set {other}.", key)
