@@ -1,0 +1,235 @@
+"""A compiled network: a Graph's nodes with parameters, run forward and backward.
+
+``Network(graph, seed=0)`` creates one node implementation per graph node (``nodes.py``),
+initialises the parameters from ``seed`` in node order, and keeps
+
+* ``params`` and ``grads``: name → array, names as in a PyTorch ``state_dict``
+  (``conv1.weight``, ``block.bn.bias``); ``backward`` adds into ``grads`` (as PyTorch
+  accumulates into ``.grad``) until ``zero_grad()``;
+* ``buffers``: batch norm's running statistics.
+
+As a ``torch.nn.Module``, a new network is in training mode (dropout active, batch norm on
+batch statistics); ``eval()`` switches both off.  Optimisers must update ``params`` in place or
+by assigning new arrays to its keys: nodes look their parameters up on every call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CheckpointError, DeclcnnError, ShapeError
+from ..graph.graph import Graph
+from ..graph.summary import format_summary
+from .nodes import make_node
+
+_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+class Network:
+    """A runnable network over ``graph``; ``dtype`` float64 is for finite-difference checks."""
+
+    def __init__(self, graph: Graph, seed: int = 0, dtype=np.float32):
+        self.graph = graph
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _DTYPES:
+            raise DeclcnnError(f"Network: dtype must be float32 or float64; got {self.dtype}.")
+        init_seed, dropout_seed = np.random.SeedSequence(seed).spawn(2)
+        self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
+        self._nodes = [make_node(node, self) for node in graph.nodes]
+        init_rng = np.random.default_rng(init_seed)
+        for impl in self._nodes:
+            impl.initialise(init_rng)
+        self.grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        self.dropout_rng = np.random.default_rng(dropout_seed)
+        self.training = True
+        self._readers = {name: len(readers) for name, readers in graph.consumers().items()}
+        self._requires_grad: dict[bool, dict[str, bool]] = {}
+        self._output_shape: tuple[int, ...] | None = None
+
+    # -- modes and parameters -------------------------------------------------------------
+
+    def train(self) -> Network:
+        self.training = True
+        return self
+
+    def eval(self) -> Network:
+        self.training = False
+        return self
+
+    def zero_grad(self) -> None:
+        for grad in self.grads.values():
+            grad.fill(0)
+
+    def summary(self, batch_size: int = 1) -> str:
+        """The layer table of ``graph/summary.py``: shapes, parameters, multiply-adds."""
+        return format_summary(self.graph, batch_size)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, by name, in node order."""
+        state = {name: value.copy() for name, value in self.params.items()}
+        state.update((name, value.copy()) for name, value in self.buffers.items())
+        return state
+
+    def load_state_dict(self, state) -> None:
+        """Copy ``state`` (name → array) into the parameters and buffers, all or nothing.
+
+        Every name must be present, none extra, and each shape equal to the network's; values
+        are converted to the network's dtype.
+        """
+        where = self._where()
+        expected = {**self.params, **self.buffers}
+        missing = [name for name in expected if name not in state]
+        unexpected = [name for name in state if name not in expected]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} the network has: {_names(missing)}")
+            if unexpected:
+                parts.append(f"{len(unexpected)} the network does not have: "
+                             f"{_names(unexpected)}")
+            raise CheckpointError(
+                f"{where}: the checkpoint does not fit the network's parameters: "
+                f"{'; '.join(parts)}. It was saved from a different spec: load it into the "
+                f"network built from that spec, or retrain with this one."
+            )
+        arrays = {}
+        for name, target in expected.items():
+            value = np.asarray(state[name])
+            if value.shape != target.shape:
+                raise CheckpointError(
+                    f"{where}: parameter '{name}' is stored with shape "
+                    f"{_shape_text(value.shape)} but the network expects "
+                    f"{_shape_text(target.shape)}. The checkpoint was saved from a spec whose "
+                    f"layer differs; use that spec, or retrain with this one."
+                )
+            if not (np.issubdtype(value.dtype, np.floating)
+                    or np.issubdtype(value.dtype, np.integer)):
+                raise CheckpointError(
+                    f"{where}: parameter '{name}' is stored as {value.dtype}, not numbers; the "
+                    f"checkpoint is corrupt or not a declcnn state dict."
+                )
+            arrays[name] = value
+        for name, value in arrays.items():
+            np.copyto(expected[name], value, casting="unsafe")
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        graph = self.graph
+        return f"network '{graph.name}'" + (f" ({graph.source})" if graph.source else "")
+
+    def _check_input(self, x) -> np.ndarray:
+        """Check dtype, rank and per-sample shape once; convert float64 / strided input."""
+        expected = tuple(self.graph.input_shape)
+        wanted = _shape_text(("N", *expected))
+        if not isinstance(x, np.ndarray):
+            raise ShapeError(
+                f"{self._where()} expects a numpy array of shape {wanted}; got "
+                f"{type(x).__name__}. Convert it with np.asarray(x, dtype=np.float32)."
+            )
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ShapeError(
+                f"{self._where()} expects floating-point input of shape {wanted}; got a "
+                f"{x.dtype} array. Convert it with x.astype(np.float32) (scaling bytes to "
+                f"[0, 1] first if these are images)."
+            )
+        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            hint = ("Add the batch axis with x[None] for a single sample."
+                    if tuple(x.shape) == expected else
+                    "Resize the data to the spec's [network] input, or change that input in "
+                    "the spec.")
+            raise ShapeError(
+                f"{self._where()} expects input of shape {wanted}, i.e. "
+                f"{_shape_text(expected)} per sample; got an array of shape "
+                f"{_shape_text(x.shape)}. {hint}"
+            )
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run the network on a batch ``x`` of shape ``(N, *graph.input_shape)``.
+
+        Each node keeps what its backward needs until :meth:`backward`; an intermediate
+        activation is dropped as soon as its last reader has run.
+        """
+        values = {Graph.INPUT: self._check_input(x)}
+        self._output_shape = None  # a forward that fails part-way leaves nothing to backward
+        remaining = dict(self._readers)
+        for impl in self._nodes:
+            node = impl.node
+            y = impl.forward([values[name] for name in node.inputs])
+            for name in node.inputs:
+                remaining[name] -= 1
+                if remaining[name] == 0:
+                    del values[name]
+            values[node.name] = y
+        output = values[self.graph.output.name]
+        self._output_shape = output.shape
+        return output
+
+    def _requires(self, input_grad: bool) -> dict[str, bool]:
+        """Per tensor: does its gradient reach a parameter (or the input when asked)?"""
+        if input_grad not in self._requires_grad:
+            requires = {Graph.INPUT: input_grad}
+            for impl in self._nodes:
+                requires[impl.node.name] = impl.has_params or any(
+                    requires[name] for name in impl.node.inputs)
+            self._requires_grad[input_grad] = requires
+        return self._requires_grad[input_grad]
+
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate ``grad_out`` (∂loss/∂output) from the last :meth:`forward`.
+
+        Adds every parameter's gradient into ``grads``; returns ∂loss/∂input, or None with
+        ``input_grad=False`` (then no layer computes a gradient nobody needs).  Where a tensor
+        feeds several layers, their gradients are summed.  A forward's saved state is freed
+        node by node, so one forward allows one backward.
+        """
+        if self._output_shape is None:
+            raise DeclcnnError(
+                f"{self._where()}: backward needs the state of a forward pass, and there is "
+                f"none (backward already ran for the last forward, or forward never ran). "
+                f"Call forward(x) before each backward."
+            )
+        if not isinstance(grad_out, np.ndarray) or grad_out.shape != self._output_shape:
+            got = (_shape_text(grad_out.shape) if isinstance(grad_out, np.ndarray)
+                   else type(grad_out).__name__)
+            raise ShapeError(
+                f"{self._where()}: grad_out must have the shape of the last forward's output, "
+                f"{_shape_text(self._output_shape)}; got {got}."
+            )
+        self._output_shape = None
+        requires = self._requires(input_grad)
+        grads = {self.graph.output.name: np.ascontiguousarray(grad_out, dtype=self.dtype)}
+        owned: set[str] = set()
+        for impl in reversed(self._nodes):
+            node = impl.node
+            grad_y = grads.pop(node.name, None)
+            if grad_y is None or not requires[node.name]:
+                impl.release()
+                continue
+            needs = [requires[name] for name in node.inputs]
+            grad_inputs = impl.backward(grad_y, needs)
+            impl.release()
+            for name, need, grad in zip(node.inputs, needs, grad_inputs, strict=True):
+                if not need:
+                    continue
+                if name not in grads:
+                    grads[name] = grad
+                elif name in owned:
+                    grads[name] += grad
+                else:
+                    # The first gradient may be shared (add passes grad_y to all its inputs):
+                    # sum into a new array, then accumulate in place.
+                    grads[name] = grads[name] + grad
+                    owned.add(name)
+        return grads.get(Graph.INPUT) if input_grad else None
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
