@@ -297,7 +297,8 @@ def _check_references(layers: list[LayerDef], scope: Scope) -> None:
             target = position.get(ref)
             if target is None:
                 above = [other.name for other in layers[:layer.position]]
-                known = ([INPUT] if scope.block is None else ["$input", INPUT]) + above
+                known = dict.fromkeys(([INPUT] if scope.block is None else ["$input", INPUT])
+                                      + above)
                 scope.problem(layer, f"'{ref}' names no layer; {suggestion(ref, known, 'names')} "
                                      f"{_READABLE[scope.block is None]}", key)
             elif target == layer.position:

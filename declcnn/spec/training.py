@@ -33,6 +33,10 @@ DEFAULTS = {
     "normalize": True,
 }
 
+# Names other tools use for our keys, too far from them for difflib to suggest.
+ALIASES = {"learning_rate": "lr", "l2": "weight_decay", "decay": "weight_decay",
+           "criterion": "loss", "random_seed": "seed"}
+
 BUILTIN_DATASETS = ("fashion-mnist", "shapes")
 AUGMENTATIONS = ("flip", "crop", "shift")
 
@@ -179,6 +183,8 @@ def check_training(table, spec_file: str | None, report) -> dict:
             value = resolved
         elif key in CHECKS:
             message = CHECKS[key](value)
+        elif key in ALIASES:
+            message = f"unknown key; did you mean '{ALIASES[key]}'?"
         else:
             message = f"unknown key; {suggestion(key, DEFAULTS, 'keys')}"
         if message:
