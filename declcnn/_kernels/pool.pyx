@@ -200,6 +200,36 @@ cdef inline void _avg_row_inside(const floating *plane, Py_ssize_t W, Span hspan
         y_row[ow] /= divisor
 
 
+cdef inline void _avg_scatter_general(floating *plane, Py_ssize_t W, Span hspan,
+                                      Py_ssize_t first, Py_ssize_t last, Py_ssize_t sw,
+                                      Py_ssize_t pw, Py_ssize_t kw, bint count_include_pad,
+                                      const floating *g_row) noexcept nogil:
+    cdef Py_ssize_t ow
+    cdef Span wspan
+    for ow in range(first, last):
+        wspan = _avg_span(ow, sw, pw, kw, W)
+        _window_add(plane, W, hspan.start, hspan.end, wspan.start, wspan.end,
+                    g_row[ow] / _divisor(hspan, wspan, count_include_pad))
+
+
+cdef inline void _avg_scatter_inside(floating *plane, Py_ssize_t W, Span hspan,
+                                     Py_ssize_t first, Py_ssize_t last, Py_ssize_t sw,
+                                     Py_ssize_t pw, Py_ssize_t kw, bint count_include_pad,
+                                     const floating *g_row) noexcept nogil:
+    """Backward of :func:`_avg_row_inside`: one tap at a time across the row (vectorised).
+    Multiplying by ``1/divisor`` (within an ulp of dividing) keeps kh·kw divisions per output
+    out of the inner loop."""
+    cdef Py_ssize_t ow, h, b, at
+    cdef Span wspan
+    wspan.start, wspan.end, wspan.padded = 0, kw, kw
+    cdef floating scale = (<floating>1) / _divisor(hspan, wspan, count_include_pad)
+    for h in range(hspan.start, hspan.end):
+        for b in range(kw):
+            at = h * W + b - pw
+            for ow in range(first, last):
+                plane[at + ow * sw] += g_row[ow] * scale
+
+
 cdef inline void _max_row_pairs(const floating *row0, Py_ssize_t W, Py_ssize_t base,
                                 floating *y_row, int64_t *i_row,
                                 Py_ssize_t full) noexcept nogil:
@@ -388,8 +418,10 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_y not None,
     cdef const floating *gyp = &grad_y[0, 0, 0, 0]
     cdef floating *gxp = &grad_x[0, 0, 0, 0]
     cdef bint pairs = kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+    cdef Py_ssize_t first = min((pw + sw - 1) // sw, OW)
+    cdef Py_ssize_t last = max(_inside_end(W, sw, pw, kw, OW), first)
     cdef Py_ssize_t p, oh, ow, h, c
-    cdef Span hspan, wspan
+    cdef Span hspan
     cdef Py_ssize_t full_h = H // 2 if pairs else 0
     cdef Py_ssize_t full_w = W // 2 if pairs else 0
     cdef floating *plane
@@ -418,10 +450,16 @@ def avg_pool2d_backward(const floating[:, :, :, ::1] grad_y not None,
                 memset(plane, 0, H * W * sizeof(floating))
             for oh in range(OH):
                 hspan = _avg_span(oh, sh, ph, kh, H)
-                for ow in range(full_w if oh < full_h else 0, OW):
-                    wspan = _avg_span(ow, sw, pw, kw, W)
-                    _window_add(plane, W, hspan.start, hspan.end, wspan.start, wspan.end,
-                                g[oh * OW + ow] / _divisor(hspan, wspan, count_include_pad))
+                if pairs:
+                    _avg_scatter_general(plane, W, hspan, full_w if oh < full_h else 0, OW, sw,
+                                         pw, kw, count_include_pad, g + oh * OW)
+                else:
+                    _avg_scatter_general(plane, W, hspan, 0, first, sw, pw, kw,
+                                         count_include_pad, g + oh * OW)
+                    _avg_scatter_inside(plane, W, hspan, first, last, sw, pw, kw,
+                                        count_include_pad, g + oh * OW)
+                    _avg_scatter_general(plane, W, hspan, last, OW, sw, pw, kw,
+                                         count_include_pad, g + oh * OW)
 
 
 def adaptive_avg_pool2d_forward(const floating[:, :, :, ::1] x not None,
