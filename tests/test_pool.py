@@ -556,7 +556,9 @@ def run_every_pool(x, grad_seed=15):
 
 
 def test_same_bits_run_to_run_and_for_one_or_two_threads(restore_threads):
-    x = np.random.default_rng(16).standard_normal((3, 5, 33, 35)).astype(np.float32)
+    # large enough for the ops to use the threads they are given
+    x = np.random.default_rng(16).standard_normal((4, 8, 33, 35)).astype(np.float32)
+    assert x.size >= P._SERIAL_BELOW
     set_num_threads(2)
     first, again = run_every_pool(x), run_every_pool(x)
     set_num_threads(1)

@@ -20,6 +20,8 @@ from ..threads import get_num_threads
 
 _AXES = ("height", "width")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# Below this many input elements a pooling call takes microseconds, less than waking threads.
+_SERIAL_BELOW = 1 << 14
 
 
 def _describe(value) -> str:
@@ -34,6 +36,12 @@ def _is_int(value) -> bool:
 
 
 def _pair(value, op: str, name: str, minimum: int) -> tuple[int, int]:
+    # the common cases first, without the generic checks
+    if type(value) is int and value >= minimum:
+        return value, value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int \
+            and min(value) >= minimum:
+        return value
     items = value if isinstance(value, tuple | list) else (value, value)
     if len(items) != 2 or not all(_is_int(v) and v >= minimum for v in items):
         raise ShapeError(
@@ -105,6 +113,10 @@ def _max_buffers(out, shape, dtype, op: str) -> tuple[np.ndarray, np.ndarray]:
                          f"{_describe(out)}.")
     return (_buffer(out[0], shape, dtype, op, "out[0] (y)"),
             _buffer(out[1], shape, np.int64, op, "out[1] (indices)"))
+
+
+def _threads(array: np.ndarray) -> int:
+    return 1 if array.size < _SERIAL_BELOW else get_num_threads()
 
 
 def _window(op, input_shape, kernel, stride, padding, dilation, ceil_mode):
@@ -187,7 +199,7 @@ def max_pool2d(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, o
     k, s, p, d, (oh, ow) = _window(op, x.shape, kernel, stride, padding, dilation, ceil_mode)
     _check_taps(op, x.shape[2:], k, s, p, d, (oh, ow))
     y, indices = _max_buffers(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op)
-    _kernels.max_pool2d_forward(x, y, indices, *k, *s, *p, *d, get_num_threads())
+    _kernels.max_pool2d_forward(x, y, indices, *k, *s, *p, *d, _threads(x))
     return y, indices
 
 
@@ -202,7 +214,7 @@ def _route_to_argmax(op, grad_y, indices, input_shape):
         )
     grad_x = np.empty(shape, grad_y.dtype)
     outside = _kernels.max_pool2d_backward(grad_y, np.ascontiguousarray(indices), grad_x,
-                                           get_num_threads())
+                                           _threads(grad_x))
     if outside:
         plane = shape[2] * shape[3]
         raise ShapeError(
@@ -239,7 +251,7 @@ def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include
     x = _image(x, op)
     k, s, p, _, (oh, ow) = _window(op, x.shape, kernel, stride, padding, None, ceil_mode)
     y = _buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op, "out")
-    _kernels.avg_pool2d_forward(x, y, *k, *s, *p, bool(count_include_pad), get_num_threads())
+    _kernels.avg_pool2d_forward(x, y, *k, *s, *p, bool(count_include_pad), _threads(x))
     return y
 
 
@@ -262,7 +274,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel, stride=None, padding=0, cei
         )
     grad_x = np.empty(shape, grad_y.dtype)
     _kernels.avg_pool2d_backward(grad_y, grad_x, *k, *s, *p, bool(count_include_pad),
-                                 get_num_threads())
+                                 _threads(grad_x))
     return grad_x
 
 
@@ -283,7 +295,7 @@ def adaptive_avg_pool2d(x, output_size, out=None):
     oh, ow = _pair(output_size, op, "output_size", 0)
     y = _buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op, "out")
     _kernels.adaptive_avg_pool2d_forward(x, y, *_bins(x.shape[2], oh), *_bins(x.shape[3], ow),
-                                         get_num_threads())
+                                         _threads(x))
     return y
 
 
@@ -297,7 +309,7 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     shape = _input_shape(input_shape, grad_y, op)
     grad_x = np.empty(shape, grad_y.dtype)
     _kernels.adaptive_avg_pool2d_backward(grad_y, grad_x, *_bins(shape[2], grad_y.shape[2]),
-                                          *_bins(shape[3], grad_y.shape[3]), get_num_threads())
+                                          *_bins(shape[3], grad_y.shape[3]), _threads(grad_x))
     return grad_x
 
 
@@ -313,7 +325,7 @@ def adaptive_max_pool2d(x, output_size, out=None):
     oh, ow = _pair(output_size, op, "output_size", 0)
     y, indices = _max_buffers(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op)
     _kernels.adaptive_max_pool2d_forward(x, y, indices, *_bins(x.shape[2], oh),
-                                         *_bins(x.shape[3], ow), get_num_threads())
+                                         *_bins(x.shape[3], ow), _threads(x))
     return y, indices
 
 
