@@ -1,0 +1,581 @@
+"""conv2d and conv_transpose2d against PyTorch, against the numpy twins, and by finite differences.
+
+Sweeps are seeded: a failing case's id is its seed, and the assertion message prints the case.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+import declcnn
+from declcnn import ShapeError
+from declcnn._kernels import naive_conv
+from declcnn.ops.conv import (
+    conv2d,
+    conv2d_backward,
+    conv_transpose2d,
+    conv_transpose2d_backward,
+)
+from declcnn.shapes import conv_transpose_output_size, dilated_extent
+from tests.oracle import assert_close, gradcheck, to_torch, torch_or_skip
+
+# ---------------------------------------------------------------------------------------------
+# random cases
+
+
+def _sides(padding):
+    """((top, bottom), (left, right)) of any explicit padding form (not "same"/"valid")."""
+    if isinstance(padding, int):
+        return (padding, padding), (padding, padding)
+    if isinstance(padding[0], int):
+        return (padding[0], padding[0]), (padding[1], padding[1])
+    return padding
+
+
+def _random_conv_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_extra=6):
+    """A valid conv2d configuration: channels, groups dividing both, every padding form."""
+    rng = np.random.default_rng(seed)
+    if rng.random() < 0.15:  # depthwise, channel multiplier 1 or 2
+        C = int(rng.integers(1, max_channels // 2 + 1))
+        groups, O = C, C * int(rng.integers(1, 3))
+    else:
+        groups = int(rng.choice([1, 1, 1, 2, 3, 4]))
+        C = groups * int(rng.integers(1, max_channels // groups + 1))
+        O = groups * int(rng.integers(1, max_channels // groups + 1))
+    kernel = tuple(int(k) for k in rng.integers(1, max_kernel + 1, size=2))
+    stride = tuple(int(s) for s in rng.integers(1, 4, size=2))
+    dilation = tuple(int(d) for d in rng.integers(1, max_dilation + 1, size=2))
+    form = int(rng.integers(5))
+    pads = [int(p) for p in rng.integers(0, 4, size=4)]
+    padding = [pads[0], (pads[0], pads[1]), ((pads[0], pads[1]), (pads[2], pads[3])), "same",
+               "valid"][form]
+    if padding == "same":
+        stride = (1, 1)
+        total = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+    elif padding == "valid":
+        total = [0, 0]
+    else:
+        total = [sum(side) for side in _sides(padding)]
+    spatial = [max(1, dilated_extent(k, d) - t + int(rng.integers(0, max_extra + 1)))
+               for k, d, t in zip(kernel, dilation, total, strict=True)]
+    return dict(x_shape=(int(rng.integers(1, 5)), C, *spatial),
+                w_shape=(O, C // groups, *kernel), bias=bool(rng.random() < 0.7),
+                stride=stride, padding=padding, dilation=dilation, groups=groups)
+
+
+def _random_transpose_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_size=6):
+    """A valid conv_transpose2d configuration, output_padding anywhere below its limit."""
+    rng = np.random.default_rng(seed)
+    groups = int(rng.choice([1, 1, 1, 2, 3, 4]))
+    C = groups * int(rng.integers(1, max_channels // groups + 1))
+    O = groups * int(rng.integers(1, max_channels // groups + 1))
+    kernel = tuple(int(k) for k in rng.integers(1, max_kernel + 1, size=2))
+    stride = tuple(int(s) for s in rng.integers(1, 4, size=2))
+    dilation = tuple(int(d) for d in rng.integers(1, max_dilation + 1, size=2))
+    pads = tuple(int(p) for p in rng.integers(0, 4, size=2))
+    padding = pads[0] if rng.random() < 0.5 else pads
+    pad_pair = (padding, padding) if isinstance(padding, int) else padding
+    output_padding = tuple(int(rng.integers(0, max(s, d)))
+                           for s, d in zip(stride, dilation, strict=True))
+    spatial = []
+    for axis in range(2):
+        size = int(rng.integers(1, max_size + 1))
+        while conv_transpose_output_size(size, kernel[axis], stride[axis], pad_pair[axis],
+                                         dilation[axis], output_padding[axis]) < 1:
+            size += 1
+        spatial.append(size)
+    return dict(x_shape=(int(rng.integers(1, 5)), C, *spatial),
+                w_shape=(C, O // groups, *kernel), bias=bool(rng.random() < 0.7),
+                stride=stride, padding=padding, output_padding=output_padding,
+                dilation=dilation, groups=groups)
+
+
+def _arrays(case, seed, dtype=np.float32, transposed=False):
+    rng = np.random.default_rng(seed + 10_000)
+    x = rng.standard_normal(case["x_shape"]).astype(dtype)
+    w = rng.standard_normal(case["w_shape"]).astype(dtype)
+    out_channels = case["w_shape"][1] * case["groups"] if transposed else case["w_shape"][0]
+    b = rng.standard_normal(out_channels).astype(dtype) if case["bias"] else None
+    return rng, x, w, b
+
+
+def _conv_args(case):
+    return dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                groups=case["groups"])
+
+
+def _transpose_args(case):
+    return dict(stride=case["stride"], padding=case["padding"],
+                output_padding=case["output_padding"], dilation=case["dilation"],
+                groups=case["groups"])
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch as the oracle
+
+
+def _torch_conv2d(torch, xt, wt, bt, case):
+    padding = case["padding"]
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        # PyTorch's conv2d pads symmetrically only: pad first, as a model with uneven padding
+        # would
+        (top, bottom), (left, right) = padding
+        xt = torch.nn.functional.pad(xt, (left, right, top, bottom))
+        padding = 0
+    with warnings.catch_warnings():
+        # PyTorch warns that "same" with an even kernel copies the input; that is expected here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.nn.functional.conv2d(xt, wt, bt, case["stride"], padding, case["dilation"],
+                                          case["groups"])
+
+
+def check_conv2d_against_torch(case, seed=0):
+    torch = torch_or_skip()
+    rng, x, w, b = _arrays(case, seed)
+    xt, wt = to_torch(torch, x, True), to_torch(torch, w, True)
+    bt = to_torch(torch, b, True) if b is not None else None
+    yt = _torch_conv2d(torch, xt, wt, bt, case)
+    gy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.from_numpy(gy))
+    y = conv2d(x, w, b, **_conv_args(case))
+    gx, gw, gb = conv2d_backward(gy, x, w, **_conv_args(case), has_bias=b is not None)
+    what = f"conv2d {case}"
+    assert_close(y, yt.detach().numpy(), f"{what}: output")
+    assert_close(gx, xt.grad.numpy(), f"{what}: grad input")
+    assert_close(gw, wt.grad.numpy(), f"{what}: grad weight")
+    if b is not None:
+        assert_close(gb, bt.grad.numpy(), f"{what}: grad bias")
+    else:
+        assert gb is None
+
+
+def check_conv_transpose2d_against_torch(case, seed=0):
+    torch = torch_or_skip()
+    rng, x, w, b = _arrays(case, seed, transposed=True)
+    xt, wt = to_torch(torch, x, True), to_torch(torch, w, True)
+    bt = to_torch(torch, b, True) if b is not None else None
+    yt = torch.nn.functional.conv_transpose2d(xt, wt, bt, case["stride"], case["padding"],
+                                              case["output_padding"], case["groups"],
+                                              case["dilation"])
+    gy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.from_numpy(gy))
+    y = conv_transpose2d(x, w, b, **_transpose_args(case))
+    gx, gw, gb = conv_transpose2d_backward(gy, x, w, **_transpose_args(case),
+                                           has_bias=b is not None)
+    what = f"conv_transpose2d {case}"
+    assert_close(y, yt.detach().numpy(), f"{what}: output")
+    assert_close(gx, xt.grad.numpy(), f"{what}: grad input")
+    assert_close(gw, wt.grad.numpy(), f"{what}: grad weight")
+    if b is not None:
+        assert_close(gb, bt.grad.numpy(), f"{what}: grad bias")
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_conv2d_matches_torch(seed):
+    check_conv2d_against_torch(_random_conv_case(seed), seed)
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_conv_transpose2d_matches_torch(seed):
+    check_conv_transpose2d_against_torch(_random_transpose_case(seed), seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast kernels against the numpy twins (no torch needed)
+
+
+def _naive_conv_padding(case, w_shape):
+    padding = case["padding"]
+    if padding == "valid":
+        return (0, 0), (0, 0)
+    if padding == "same":
+        from declcnn.shapes import same_padding
+        return tuple(same_padding(k, d) for k, d in zip(w_shape[2:], case["dilation"],
+                                                       strict=True))
+    return _sides(padding)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(25))
+def test_conv2d_matches_naive_twin(seed, dtype):
+    case = _random_conv_case(1000 + seed, max_channels=6, max_kernel=4, max_dilation=2,
+                             max_extra=3)
+    rng, x, w, b = _arrays(case, seed, dtype)
+    args = dict(stride=case["stride"], padding=_naive_conv_padding(case, w.shape),
+                dilation=case["dilation"], groups=case["groups"])
+    y = conv2d(x, w, b, **_conv_args(case))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = conv2d_backward(gy, x, w, **_conv_args(case))
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert_close(y, naive_conv.conv2d(x, w, b, **args), f"{case} output", **tol)
+    assert_close(gx, naive_conv.conv2d_grad_input(gy, x.shape, w, **args), f"{case} gx", **tol)
+    assert_close(gw, naive_conv.conv2d_grad_weight(gy, x, w.shape, **args), f"{case} gw", **tol)
+    assert_close(gb, naive_conv.grad_bias(gy), f"{case} gb", **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(25))
+def test_conv_transpose2d_matches_naive_twin(seed, dtype):
+    case = _random_transpose_case(1000 + seed, max_channels=6, max_kernel=4, max_dilation=2,
+                                  max_size=4)
+    rng, x, w, b = _arrays(case, seed, dtype, transposed=True)
+    pad = case["padding"]
+    args = dict(stride=case["stride"], padding=(pad, pad) if isinstance(pad, int) else pad,
+                output_padding=case["output_padding"], dilation=case["dilation"],
+                groups=case["groups"])
+    y = conv_transpose2d(x, w, b, **_transpose_args(case))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gx, gw, gb = conv_transpose2d_backward(gy, x, w, **_transpose_args(case))
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    assert_close(y, naive_conv.conv_transpose2d(x, w, b, **args), f"{case} output", **tol)
+    assert_close(gx, naive_conv.conv_transpose2d_grad_input(gy, x.shape, w, **args),
+                 f"{case} gx", **tol)
+    assert_close(gw, naive_conv.conv_transpose2d_grad_weight(gy, x, w.shape, **args),
+                 f"{case} gw", **tol)
+    assert_close(gb, naive_conv.grad_bias(gy), f"{case} gb", **tol)
+
+
+# ---------------------------------------------------------------------------------------------
+# finite differences in float64: one case per kernel path (im2col, 1×1, depthwise)
+
+GRADCHECK_CONV = [
+    dict(x_shape=(2, 4, 7, 6), w_shape=(6, 2, 3, 2), bias=True, stride=(2, 1),
+         padding=((1, 2), (0, 1)), dilation=(1, 2), groups=2),
+    dict(x_shape=(2, 4, 5, 5), w_shape=(3, 4, 1, 1), bias=True, stride=1, padding=0,
+         dilation=1, groups=1),
+    dict(x_shape=(2, 3, 6, 5), w_shape=(6, 1, 3, 3), bias=True, stride=2, padding=1,
+         dilation=1, groups=3),
+]
+
+GRADCHECK_TRANSPOSE = [
+    dict(x_shape=(2, 4, 3, 4), w_shape=(4, 3, 3, 2), bias=True, stride=(2, 3), padding=(1, 0),
+         output_padding=(1, 2), dilation=(1, 2), groups=1),
+    dict(x_shape=(2, 4, 4, 4), w_shape=(4, 2, 1, 1), bias=True, stride=1, padding=0,
+         output_padding=0, dilation=1, groups=2),
+    dict(x_shape=(2, 4, 3, 3), w_shape=(4, 1, 4, 4), bias=True, stride=2, padding=1,
+         output_padding=1, dilation=1, groups=2),
+]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CONV, ids=["im2col", "pointwise", "depthwise"])
+def test_conv2d_gradcheck(case):
+    _, x, w, b = _arrays(case, 0, np.float64)
+    args = _conv_args(case)
+    for seed in range(3):
+        gradcheck(lambda x, w, b: conv2d(x, w, b, **args), [x, w, b],
+                  lambda gy, x, w, b: list(conv2d_backward(gy, x, w, **args)), seed=seed)
+
+
+@pytest.mark.parametrize("case", GRADCHECK_TRANSPOSE, ids=["im2col", "pointwise", "depthwise"])
+def test_conv_transpose2d_gradcheck(case):
+    _, x, w, b = _arrays(case, 0, np.float64, transposed=True)
+    args = _transpose_args(case)
+    for seed in range(3):
+        gradcheck(lambda x, w, b: conv_transpose2d(x, w, b, **args), [x, w, b],
+                  lambda gy, x, w, b: list(conv_transpose2d_backward(gy, x, w, **args)),
+                  seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# named edge cases, each against PyTorch
+
+
+def _conv_case(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    return dict(x_shape=x_shape, w_shape=w_shape, bias=bias, stride=stride, padding=padding,
+                dilation=dilation, groups=groups)
+
+
+def _transpose_case(x_shape, w_shape, stride=1, padding=0, output_padding=0, dilation=1,
+                    groups=1, bias=True):
+    return dict(x_shape=x_shape, w_shape=w_shape, bias=bias, stride=stride, padding=padding,
+                output_padding=output_padding, dilation=dilation, groups=groups)
+
+
+EDGE_CONV = {
+    "batch 1": _conv_case((1, 3, 9, 7), (5, 3, 3, 3), stride=2, padding=1),
+    "1x1 input, 3x3 kernel padded": _conv_case((2, 3, 1, 1), (4, 3, 3, 3), padding=1),
+    "1x1 input, 1x1 kernel": _conv_case((2, 3, 1, 1), (4, 3, 1, 1)),
+    "kernel as large as the padded input": _conv_case((2, 2, 5, 4), (3, 2, 7, 6), padding=1),
+    "dilated kernel as large as the input": _conv_case((2, 2, 5, 5), (3, 2, 3, 3), dilation=2),
+    "depthwise, multiplier 2": _conv_case((2, 4, 8, 7), (8, 1, 3, 3), stride=2, padding=1,
+                                          groups=4),
+    "depthwise, multiplier 1, no bias": _conv_case((3, 5, 6, 6), (5, 1, 5, 3), padding=(2, 1),
+                                                   groups=5, bias=False),
+    "dilation with padding": _conv_case((2, 3, 10, 9), (4, 3, 3, 2), padding=(2, 3),
+                                        dilation=(2, 3)),
+    "same, even kernel": _conv_case((2, 3, 7, 6), (4, 3, 4, 2), padding="same"),
+    "same, even kernel, dilated": _conv_case((2, 3, 7, 6), (4, 3, 4, 4), padding="same",
+                                             dilation=(1, 2)),
+    "pointwise 1x1 grouped": _conv_case((3, 6, 5, 4), (4, 3, 1, 1), groups=2),
+    "pointwise 1x1 strided": _conv_case((3, 6, 5, 4), (4, 6, 1, 1), stride=2),
+    "uneven padding": _conv_case((2, 3, 6, 6), (4, 3, 3, 3), padding=((0, 2), (1, 0))),
+}
+
+EDGE_TRANSPOSE = {
+    "batch 1": _transpose_case((1, 3, 4, 5), (3, 2, 3, 3), stride=2, padding=1),
+    "1x1 input": _transpose_case((2, 3, 1, 1), (3, 4, 3, 3)),
+    "output_padding at its stride limit": _transpose_case((2, 3, 4, 3), (3, 2, 3, 3), stride=3,
+                                                          output_padding=2),
+    "output_padding at its dilation limit": _transpose_case((2, 3, 4, 3), (3, 2, 3, 3),
+                                                            dilation=3, output_padding=2),
+    "depthwise, multiplier 2": _transpose_case((2, 4, 5, 5), (4, 2, 3, 3), stride=2,
+                                               padding=1, groups=4),
+    "dilation with padding": _transpose_case((2, 3, 5, 4), (3, 2, 3, 2), padding=(2, 1),
+                                             dilation=(2, 3)),
+    "U-Net up k2 s2": _transpose_case((2, 8, 4, 4), (8, 4, 2, 2), stride=2),
+    "padding larger than the kernel's reach": _transpose_case((2, 2, 6, 6), (2, 3, 3, 3),
+                                                              stride=1, padding=2),
+}
+
+
+@pytest.mark.parametrize("name", EDGE_CONV)
+def test_conv2d_edge_case(name):
+    check_conv2d_against_torch(EDGE_CONV[name])
+
+
+@pytest.mark.parametrize("name", EDGE_TRANSPOSE)
+def test_conv_transpose2d_edge_case(name):
+    check_conv_transpose2d_against_torch(EDGE_TRANSPOSE[name])
+
+
+def test_batch_zero_gives_empty_outputs_and_zero_parameter_gradients():
+    torch = torch_or_skip()
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    y = conv2d(x, w, np.ones(4, np.float32), padding=1)
+    assert y.shape == tuple(torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                                       padding=1).shape) == (0, 4, 8, 8)
+    gx, gw, gb = conv2d_backward(np.zeros(y.shape, np.float32), x, w, padding=1)
+    assert gx.shape == x.shape and not gw.any() and gw.shape == w.shape and not gb.any()
+    wt = np.ones((3, 2, 2, 2), np.float32)
+    yt = conv_transpose2d(x, wt, stride=2)
+    assert yt.shape == (0, 2, 16, 16)
+    gx, gw, gb = conv_transpose2d_backward(np.zeros(yt.shape, np.float32), x, wt, stride=2)
+    assert gx.shape == x.shape and not gw.any() and not gb.any()
+
+
+def test_backward_skips_input_and_bias_gradients_when_asked():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((2, 4, 4, 4)).astype(np.float32)
+    gx, gw, gb = conv2d_backward(gy, x, w, needs_input_grad=False, has_bias=False)
+    assert gx is None and gb is None
+    assert_close(gw, naive_conv.conv2d_grad_weight(gy, x, w.shape, (1, 1), ((0, 0), (0, 0)),
+                                                   (1, 1), 1), "grad weight")
+    wt = rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    gx, gw, gb = conv_transpose2d_backward(rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+                                           x, wt, needs_input_grad=False, has_bias=False)
+    assert gx is None and gb is None and gw.shape == wt.shape
+
+
+def test_out_buffer_is_written_and_returned():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    out = np.full((2, 4, 6, 6), np.nan, np.float32)
+    assert conv2d(x, w, padding=1, out=out) is out
+    assert_close(out, naive_conv.conv2d(x, w, None, (1, 1), ((1, 1), (1, 1)), (1, 1), 1), "out")
+    wt = rng.standard_normal((3, 2, 2, 2)).astype(np.float32)
+    out = np.full((2, 2, 12, 12), np.nan, np.float32)
+    assert conv_transpose2d(x, wt, stride=2, out=out) is out
+    assert_close(out, naive_conv.conv_transpose2d(x, wt, None, (2, 2), (0, 0), (0, 0), (1, 1), 1),
+                 "out")
+
+
+def test_non_contiguous_inputs_are_accepted():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 3, 5)).astype(np.float32).transpose(0, 3, 2, 1)
+    w = rng.standard_normal((4, 5, 3, 3)).astype(np.float32)[:, :, ::-1]
+    expected = naive_conv.conv2d(x, w, None, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
+    assert_close(conv2d(x, w, padding="valid"), expected, "non-contiguous")
+
+
+# ---------------------------------------------------------------------------------------------
+# invalid input: declcnn's message, and PyTorch rejects it too
+
+
+def _f32(*shape):
+    return np.ones(shape, np.float32)
+
+
+INVALID = [
+    ("input 2-D", lambda: conv2d(_f32(8, 8), _f32(4, 3, 3, 3)),
+     "conv2d: input must be 4-D (N, C, H, W); got 2-D input of shape [8, 8]. Add a batch axis "
+     "with x[None] for a single image.", True),
+    ("weight 3-D", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3)),
+     "conv2d: weight must be 4-D (out_channels, in_channels/groups, kh, kw); got 3-D weight of "
+     "shape [4, 3, 3].", True),
+    ("channel mismatch", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 2, 3, 3), groups=2),
+     "conv2d: Given groups=2, weight of size [4, 2, 3, 3], expected input[1, 3, 8, 8] to have 4 "
+     "channels, but got 3 channels instead.", True),
+    ("groups do not divide out_channels", lambda: conv2d(_f32(1, 4, 8, 8), _f32(3, 2, 3, 3),
+                                                         groups=2),
+     "conv2d: Given groups=2, expected weight to be divisible by 2 at dimension 0 "
+     "(out_channels), but got weight of size [3, 2, 3, 3] instead.", True),
+    ("groups 0", lambda: conv2d(_f32(1, 4, 8, 8), _f32(4, 4, 3, 3), groups=0),
+     "conv2d: groups must be an integer ≥ 1; got 0.", True),
+    ("stride 0", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), stride=0),
+     "conv2d: stride must be an integer ≥ 1 or a pair of them (height, width); got 0.", True),
+    ("dilation (1, 0)", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), dilation=(1, 0)),
+     "conv2d: dilation must be an integer ≥ 1 or a pair of them (height, width); got (1, 0).",
+     True),
+    ("negative padding", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), padding=-1),
+     "conv2d: padding must be an integer ≥ 0, a pair (height, width), a pair of pairs ((top, "
+     "bottom), (left, right)) with every side ≥ 0, 'same' or 'valid'; got -1.", True),
+    ("unknown padding word", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), padding="full"),
+     "conv2d: padding must be an integer ≥ 0, a pair (height, width), a pair of pairs ((top, "
+     "bottom), (left, right)) with every side ≥ 0, 'same' or 'valid'; got 'full'.", True),
+    ("same with stride 2", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), stride=2,
+                                          padding="same"),
+     "conv2d: padding='same' needs stride 1 (as in PyTorch); got stride=(2, 2). Give the "
+     "padding as numbers, or padding='valid', for a stride > 1.", True),
+    ("output smaller than a pixel", lambda: conv2d(_f32(1, 1, 4, 6), _f32(1, 1, 5, 5)),
+     "conv2d: the output would be 0×2 pixels, less than 1: height (input 4 + padding 0+0 − "
+     "dilated kernel 5) // stride 1 + 1 = 0. Use a larger input, more padding, or a smaller "
+     "kernel, stride or dilation.", True),
+    ("dilated output smaller than a pixel", lambda: conv2d(_f32(1, 1, 9, 2), _f32(1, 1, 3, 3),
+                                                          dilation=2, padding=(0, 1)),
+     "conv2d: the output would be 5×0 pixels, less than 1: width (input 2 + padding 1+1 − "
+     "dilated kernel 5) // stride 1 + 1 = 0.", True),
+    ("integer input", lambda: conv2d(np.ones((1, 3, 8, 8), np.int64), _f32(4, 3, 3, 3)),
+     "conv2d: input must be float32 or float64; got dtype int64. Convert it with "
+     "input.astype(np.float32).", True),
+    ("weight dtype differs", lambda: conv2d(_f32(1, 3, 8, 8), np.ones((4, 3, 3, 3))),
+     "conv2d: weight has dtype float64 but the input has float32; all arrays of one call must "
+     "share a dtype.", True),
+    ("bias of the wrong shape", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3), _f32(3)),
+     "conv2d: bias must have shape (4,), one value per output channel; got shape (3,).", True),
+    ("grad_y of the wrong shape", lambda: conv2d_backward(_f32(1, 4, 5, 5), _f32(1, 3, 8, 8),
+                                                          _f32(4, 3, 3, 3)),
+     "conv2d_backward: grad_y must have the forward output's shape [1, 4, 6, 6]; got "
+     "[1, 4, 5, 5].", False),
+    ("out of the wrong shape", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3),
+                                              out=_f32(1, 4, 8, 8)),
+     "conv2d: out must be a writeable C-contiguous float32 array of shape [1, 4, 6, 6]; got a "
+     "float32 array of shape [1, 4, 8, 8].", True),
+    ("transposed: channel mismatch", lambda: conv_transpose2d(_f32(1, 3, 8, 8),
+                                                              _f32(4, 2, 3, 3)),
+     "conv_transpose2d: Given transposed=1, weight of size [4, 2, 3, 3], expected "
+     "input[1, 3, 8, 8] to have 4 channels, but got 3 channels instead.", True),
+    ("transposed: groups do not divide in_channels",
+     lambda: conv_transpose2d(_f32(1, 3, 8, 8), _f32(3, 2, 3, 3), groups=2),
+     "conv_transpose2d: Given groups=2, expected weight to be divisible by 2 at dimension 0 "
+     "(in_channels), but got weight of size [3, 2, 3, 3] instead.", True),
+    ("transposed: output_padding equal to stride",
+     lambda: conv_transpose2d(_f32(1, 3, 8, 8), _f32(3, 2, 3, 3), stride=2, output_padding=2),
+     "conv_transpose2d: output_padding must be smaller than either stride or dilation; got "
+     "output_padding=(2, 2), stride=(2, 2), dilation=(1, 1). Use output_padding < max(stride, "
+     "dilation) on each axis.", True),
+    ("transposed: output_padding with stride 1",
+     lambda: conv_transpose2d(_f32(1, 3, 8, 8), _f32(3, 2, 3, 3), output_padding=(0, 1)),
+     "conv_transpose2d: output_padding must be smaller than either stride or dilation; got "
+     "output_padding=(0, 1), stride=(1, 1), dilation=(1, 1).", True),
+    ("transposed: negative padding",
+     lambda: conv_transpose2d(_f32(1, 3, 8, 8), _f32(3, 2, 3, 3), padding=(1, -1)),
+     "conv_transpose2d: padding must be an integer ≥ 0 or a pair of them (height, width); got "
+     "(1, -1).", True),
+    ("transposed: output smaller than a pixel",
+     lambda: conv_transpose2d(_f32(1, 1, 1, 3), _f32(1, 1, 1, 1), padding=(1, 0)),
+     "conv_transpose2d: the output would be -1×3 pixels, less than 1: height (input 1 − 1)·stride "
+     "1 − 2·padding 1 + dilation 1·(kernel 1 − 1) + output_padding 0 + 1 = -1.", True),
+]
+
+
+@pytest.mark.parametrize("name, call, message, torch_rejects", INVALID,
+                         ids=[row[0] for row in INVALID])
+def test_invalid_arguments_are_rejected_with_a_message(name, call, message, torch_rejects):
+    with pytest.raises(ShapeError, match="^" + re.escape(message)):
+        call()
+
+
+TORCH_INVALID = {
+    "input 2-D": lambda t, F: F.conv2d(t.ones(8, 8), t.ones(4, 3, 3, 3)),
+    "weight 3-D": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 3, 3)),
+    "channel mismatch": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 2, 3, 3), groups=2),
+    "groups do not divide out_channels": lambda t, F: F.conv2d(t.ones(1, 4, 8, 8),
+                                                               t.ones(3, 2, 3, 3), groups=2),
+    "groups 0": lambda t, F: F.conv2d(t.ones(1, 4, 8, 8), t.ones(4, 4, 3, 3), groups=0),
+    "stride 0": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 3, 3, 3), stride=0),
+    "dilation (1, 0)": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 3, 3, 3),
+                                             dilation=(1, 0)),
+    "negative padding": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 3, 3, 3),
+                                              padding=-1),
+    "unknown padding word": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 3, 3, 3),
+                                                  padding="full"),
+    "same with stride 2": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 3, 3, 3),
+                                                stride=2, padding="same"),
+    "output smaller than a pixel": lambda t, F: F.conv2d(t.ones(1, 1, 4, 6), t.ones(1, 1, 5, 5)),
+    "dilated output smaller than a pixel": lambda t, F: F.conv2d(
+        t.ones(1, 1, 9, 2), t.ones(1, 1, 3, 3), dilation=2, padding=(0, 1)),
+    "integer input": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8, dtype=t.int64),
+                                           t.ones(4, 3, 3, 3)),
+    "weight dtype differs": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8),
+                                                  t.ones(4, 3, 3, 3, dtype=t.float64)),
+    "bias of the wrong shape": lambda t, F: F.conv2d(t.ones(1, 3, 8, 8), t.ones(4, 3, 3, 3),
+                                                     t.ones(3)),
+    "out of the wrong shape": None,
+    "transposed: channel mismatch": lambda t, F: F.conv_transpose2d(t.ones(1, 3, 8, 8),
+                                                                    t.ones(4, 2, 3, 3)),
+    "transposed: groups do not divide in_channels": lambda t, F: F.conv_transpose2d(
+        t.ones(1, 3, 8, 8), t.ones(3, 2, 3, 3), groups=2),
+    "transposed: output_padding equal to stride": lambda t, F: F.conv_transpose2d(
+        t.ones(1, 3, 8, 8), t.ones(3, 2, 3, 3), stride=2, output_padding=2),
+    "transposed: output_padding with stride 1": lambda t, F: F.conv_transpose2d(
+        t.ones(1, 3, 8, 8), t.ones(3, 2, 3, 3), output_padding=(0, 1)),
+    "transposed: negative padding": lambda t, F: F.conv_transpose2d(
+        t.ones(1, 3, 8, 8), t.ones(3, 2, 3, 3), padding=(1, -1)),
+    "transposed: output smaller than a pixel": lambda t, F: F.conv_transpose2d(
+        t.ones(1, 1, 1, 3), t.ones(1, 1, 1, 1), padding=(1, 0)),
+}
+
+
+@pytest.mark.parametrize("name", [name for name, *_, rejects in INVALID
+                                  if rejects and TORCH_INVALID.get(name)])
+def test_torch_rejects_the_same_arguments(name):
+    torch = torch_or_skip()
+    with pytest.raises((RuntimeError, ValueError)):
+        TORCH_INVALID[name](torch, torch.nn.functional)
+
+
+# ---------------------------------------------------------------------------------------------
+# threads
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    declcnn.set_num_threads(None)
+
+
+def _backward_both(threads):
+    declcnn.set_num_threads(threads)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 6, 11, 10)).astype(np.float32)
+    results = []
+    for w, groups in ((rng.standard_normal((8, 3, 3, 3)), 2),     # im2col + GEMM
+                      (rng.standard_normal((12, 1, 3, 3)), 6),    # depthwise
+                      (rng.standard_normal((8, 6, 1, 1)), 1)):    # pointwise
+        w = w.astype(np.float32)
+        gy = rng.standard_normal((5, w.shape[0], 11, 10)).astype(np.float32)
+        pad = w.shape[2] // 2
+        results += conv2d_backward(gy, x, w, padding=pad, groups=groups)
+        # the same weight read as a transposed conv's maps the O channels of gy back to 6
+        gyt = rng.standard_normal(x.shape).astype(np.float32)
+        results += conv_transpose2d_backward(gyt, gy, w, padding=pad, groups=groups)
+    return results
+
+
+def test_backward_is_bit_reproducible_for_a_thread_count(restore_threads):
+    first, second = _backward_both(2), _backward_both(2)
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(a, b)
+
+
+def test_one_and_two_threads_agree(restore_threads):
+    for a, b in zip(_backward_both(1), _backward_both(2), strict=True):
+        assert_close(a, b, "1 vs 2 threads", rtol=1e-5, atol=1e-5)
