@@ -1,0 +1,387 @@
+"""Data sets as arrays: Fashion-MNIST (IDX files), procedural shapes, ``.npz`` files, image folders.
+
+A :class:`Dataset` holds the samples of one split as ``x`` ``(N, C, H, W)`` (``uint8`` images,
+scaled by 1/255 when batched, or ``float32`` used as they are) and ``y``: ``(N,)`` class indices
+for classification, ``(N, H, W)`` class indices per pixel for segmentation.
+:func:`load_dataset` resolves a ``[training] dataset`` value to a ``(train, test)`` pair.
+
+Missing or corrupt files raise :class:`~declcnn.errors.DataError` naming the file and what to do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+SYSTEM_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "data"
+HOW_TO_GET_FASHION = (
+    "for the full set (60,000 training and 10,000 test images) install the Debian package "
+    "dataset-fashion-mnist, or put the four IDX files (train-images-idx3-ubyte.gz, "
+    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a "
+    "folder and pass --data DIR or set DECLCNN_DATA=DIR"
+)
+SHAPE_CLASSES = ("background", "circle", "square", "triangle")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+# IDX type codes (the third magic byte) and their big-endian numpy types.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_CODES = {np.dtype(t).newbyteorder("="): code for code, t in _IDX_TYPES.items()}
+
+
+@dataclass
+class Dataset:
+    """One split: ``x`` ``(N, C, H, W)``, ``y`` ``(N,)`` or ``(N, H, W)`` class indices."""
+
+    x: np.ndarray
+    y: np.ndarray
+    classes: tuple[str, ...]
+    name: str
+    description: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def segmentation(self) -> bool:
+        return self.y.ndim == 3
+
+
+# -- IDX ------------------------------------------------------------------------------------
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (raw, or gzip-compressed whatever its name) into a native-order array."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file.") from None
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path}: the gzip stream is corrupt or truncated ({err}); download the "
+                        f"file again.") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise DataError(f"{path}: not an IDX file (the first bytes are {raw[:4].hex(' ')}, "
+                        f"expected 00 00 <type> <rank>); check that it is one of the data set's "
+                        f"IDX files and download it again.")
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    rank = raw[3]
+    header = 4 + 4 * rank
+    if len(raw) < header:
+        raise DataError(f"{path}: the IDX header is truncated ({len(raw)} bytes for a rank-{rank} "
+                        f"header of {header}); download the file again.")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", rank, 4))
+    expected = header + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if len(raw) != expected:
+        raise DataError(f"{path}: the header promises shape {shape} ({expected} bytes in all) but "
+                        f"the file holds {len(raw)} bytes; it is truncated or corrupt, download "
+                        f"it again.")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """Write ``array`` as IDX; gzip-compressed (reproducibly, no time stamp) if ``path`` ends in
+    ``.gz``."""
+    array = np.asarray(array)
+    code = _IDX_CODES.get(array.dtype.newbyteorder("="))
+    if code is None:
+        raise DataError(f"{path}: IDX cannot store {array.dtype}; use uint8, int8, int16, "
+                        f"int32, float32 or float64.")
+    data = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+            + array.astype(_IDX_TYPES[code]).tobytes())
+    if str(path).endswith(".gz"):
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    Path(path).write_bytes(data)
+
+
+# -- Fashion-MNIST ---------------------------------------------------------------------------
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _fashion_complete(folder: Path) -> bool:
+    return all(_idx_file(folder, stem) for pair in FASHION_FILES.values() for stem in pair)
+
+
+def find_fashion_mnist(data_dir=None) -> tuple[Path, bool]:
+    """The folder of the Fashion-MNIST IDX files and whether it is the embedded subset.
+
+    Order: ``data_dir`` (``--data``), ``$DECLCNN_DATA``, the Debian package's folder, the subset
+    shipped in ``declcnn/data``.  A folder given explicitly must hold the files.
+    """
+    explicit = [(data_dir, "--data")] if data_dir else []
+    if os.environ.get("DECLCNN_DATA"):
+        explicit.append((os.environ["DECLCNN_DATA"], "DECLCNN_DATA"))
+    if explicit:
+        folder, origin = Path(explicit[0][0]).expanduser(), explicit[0][1]
+        for candidate in (folder, folder / "fashion-mnist"):
+            if candidate.is_dir() and _fashion_complete(candidate):
+                return candidate, False
+        missing = [s for pair in FASHION_FILES.values() for s in pair
+                   if not (folder.is_dir() and _idx_file(folder, s))]
+        raise DataError(f"{origin} {folder}: Fashion-MNIST needs the IDX files "
+                        f"{', '.join(m + '[.gz]' for m in missing)} there"
+                        f"{'' if folder.is_dir() else ' (the folder does not exist)'}; "
+                        f"{HOW_TO_GET_FASHION}.")
+    system = Path(SYSTEM_FASHION_DIR)
+    if _fashion_complete(system):
+        return system, False
+    return EMBEDDED_DIR, True
+
+
+def load_fashion_mnist(data_dir=None) -> tuple[Dataset, Dataset]:
+    folder, embedded = find_fashion_mnist(data_dir)
+    splits = []
+    for split, (images_stem, labels_stem) in FASHION_FILES.items():
+        if embedded:
+            images_path = EMBEDDED_DIR / f"fashion-mnist-subset-{images_stem}.gz"
+            labels_path = EMBEDDED_DIR / f"fashion-mnist-subset-{labels_stem}.gz"
+        else:
+            images_path = _idx_file(folder, images_stem)
+            labels_path = _idx_file(folder, labels_stem)
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{images_path} and {labels_path}: expected N×28×28 images and N "
+                            f"labels; got shapes {images.shape} and {labels.shape}. The files do "
+                            f"not belong together; download them again.")
+        if labels.size and labels.max() >= len(FASHION_CLASSES):
+            raise DataError(f"{labels_path}: label {int(labels.max())} is not a Fashion-MNIST "
+                            f"class (0-9); the file is corrupt, download it again.")
+        source = "embedded Fashion-MNIST subset" if embedded else f"Fashion-MNIST from {folder}"
+        splits.append(Dataset(images[:, None].astype(np.uint8), labels.astype(np.int64),
+                              FASHION_CLASSES, "fashion-mnist",
+                              f"{source}: {len(images)} {split} images"))
+    if embedded:
+        splits[0].notes.append(f"using the embedded Fashion-MNIST subset ({len(splits[0])} "
+                               f"training, {len(splits[1])} test images); {HOW_TO_GET_FASHION}.")
+    return splits[0], splits[1]
+
+
+# -- procedural shapes -------------------------------------------------------------------------
+
+def make_shapes(n: int, size: tuple[int, int], channels: int = 1, seed: int = 0,
+                max_shapes: int = 3) -> Dataset:
+    """``n`` images of 1..``max_shapes`` filled circles, squares and triangles on a noisy
+    background, and their masks (0 background, 1 circle, 2 square, 3 triangle); a later shape
+    covers an earlier one.  A pure function of its arguments.
+
+    Each shape's brightness is drawn from the same range whatever its class, so the class can
+    only be told from the outline.  Shape: ``x`` ``(n, channels, H, W)`` uint8, ``y`` ``(n, H, W)``.
+    """
+    height, width = size
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    base = rng.uniform(10, 70, (n, 1, 1)).astype(np.float32)
+    image = base + rng.normal(0, 8, (n, height, width)).astype(np.float32)
+    mask = np.zeros((n, height, width), np.int64)
+    scale = min(height, width)
+    for i in range(n):
+        for _ in range(rng.integers(1, max_shapes + 1)):
+            kind = int(rng.integers(1, 4))
+            radius = rng.uniform(0.10, 0.22) * scale
+            cy, cx = rng.uniform(radius, height - radius), rng.uniform(radius, width - radius)
+            dy, dx = rows - cy, cols - cx
+            if kind == 1:
+                inside = dy * dy + dx * dx <= radius * radius
+            elif kind == 2:
+                inside = np.maximum(np.abs(dy), np.abs(dx)) <= radius * 0.85
+            else:
+                # An upright triangle: below the apex and above the base, within two slanted
+                # edges whose half-width grows linearly from the apex.
+                depth = dy + radius
+                inside = (depth >= 0) & (dy <= radius * 0.7) & (np.abs(dx) <= depth * 0.65)
+            mask[i][inside] = kind
+            image[i][inside] = rng.uniform(140, 250) + rng.normal(0, 8, int(inside.sum()))
+    x = np.clip(image, 0, 255).astype(np.uint8)[:, None]
+    x = np.repeat(x, channels, axis=1)
+    return Dataset(x, mask, SHAPE_CLASSES, "shapes",
+                   f"procedural shapes: {n} images {height}×{width}, seed {seed}")
+
+
+def load_shapes(input_shape, seed: int = 0, n_train: int = 2000,
+                n_test: int = 400) -> tuple[Dataset, Dataset]:
+    """Training and held-out shape sets at the network's input size (held-out: another seed)."""
+    channels, height, width = _image_shape(input_shape, "shapes")
+    train = make_shapes(n_train, (height, width), channels, seed=seed)
+    test = make_shapes(n_test, (height, width), channels, seed=seed + 1_000_003)
+    return train, test
+
+
+# -- .npz and image folders ---------------------------------------------------------------------
+
+def _image_shape(input_shape, what: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise DataError(f"data set '{what}' holds images, but the network's input is "
+                        f"{tuple(input_shape)}; give the spec an input of (channels, height, "
+                        f"width).")
+    return tuple(int(s) for s in input_shape)
+
+
+def _holdout(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = 0.1):
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_test = max(1, int(round(len(x) * fraction)))
+    test, train = order[:n_test], order[n_test:]
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def _npz_images(path: Path, key: str, x, input_shape) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim == len(input_shape):  # one channel without its axis
+        x = x[:, None]
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataError(f"{path}: array '{key}' has samples of shape {tuple(x.shape[1:])} but the "
+                        f"network's input is {tuple(input_shape)}; store '{key}' as (N, "
+                        f"{', '.join(map(str, input_shape))}) or change the spec's input.")
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{path}: array '{key}' is {x.dtype}, not numbers; store numbers.")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _npz_labels(path: Path, key: str, y, n: int) -> np.ndarray:
+    y = np.asarray(y)
+    if len(y) != n:
+        raise DataError(f"{path}: array '{key}' has {len(y)} entries for {n} samples; give one "
+                        f"label (or mask) per sample.")
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.array_equal(y, np.round(y)):
+            raise DataError(f"{path}: array '{key}' holds fractional values; labels must be class "
+                            f"indices 0, 1, 2, ...")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{path}: array '{key}' is {y.dtype}; labels must be integers.")
+    return y.astype(np.int64)
+
+
+def load_npz(path, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """An ``.npz`` with ``x`` and ``y`` (and optionally ``x_test``, ``y_test``; otherwise 10% of
+    the samples, chosen by ``seed``, are held out).  Optional ``classes``: the class names."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file.") from None
+    except Exception as err:  # zipfile, zlib and numpy all raise their own kinds
+        raise DataError(f"{path}: cannot be read as an .npz archive ({err}); save it with "
+                        f"numpy.savez(path, x=images, y=labels).") from None
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise DataError(f"{path}: the archive lacks {' and '.join(repr(k) for k in missing)} (it "
+                        f"has {sorted(arrays) or 'nothing'}); save it with numpy.savez(path, "
+                        f"x=images, y=labels).")
+    x = _npz_images(path, "x", arrays["x"], input_shape)
+    y = _npz_labels(path, "y", arrays["y"], len(x))
+    if "x_test" in arrays and "y_test" in arrays:
+        x_test = _npz_images(path, "x_test", arrays["x_test"], input_shape)
+        (train_x, train_y), (test_x, test_y) = (x, y), (
+            x_test, _npz_labels(path, "y_test", arrays["y_test"], len(x_test)))
+    else:
+        (train_x, train_y), (test_x, test_y) = _holdout(x, y, seed)
+    n_classes = int(max(train_y.max(initial=0), test_y.max(initial=0))) + 1
+    names = arrays.get("classes")
+    classes = (tuple(str(c) for c in names) if names is not None
+               else tuple(str(i) for i in range(n_classes)))
+    return (Dataset(train_x, train_y, classes, path.name, f"{path}: {len(train_x)} samples"),
+            Dataset(test_x, test_y, classes, path.name, f"{path}: {len(test_x)} held-out samples"))
+
+
+def read_image(path, input_shape) -> np.ndarray:
+    """One image file as ``uint8`` ``(C, H, W)``: converted to grey or RGB and resized (bilinear)
+    to the network's input."""
+    from PIL import Image, UnidentifiedImageError
+
+    channels, height, width = _image_shape(input_shape, str(path))
+    if channels not in (1, 3):
+        raise DataError(f"{path}: the network takes {channels}-channel input; image files can "
+                        f"only give 1 (grey) or 3 (RGB). Convert the images to a .npz or .npy.")
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file.") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable image ({err}); replace or remove it.") from None
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _read_class_folders(root: Path, input_shape) -> tuple[np.ndarray, np.ndarray, tuple]:
+    classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir()))
+    if not classes:
+        raise DataError(f"{root}: no class folders; put the images of each class in a folder "
+                        f"named after it (e.g. {root}/cat/1.png).")
+    images, labels = [], []
+    for index, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images += [read_image(f, input_shape) for f in files]
+        labels += [index] * len(files)
+    if not images:
+        raise DataError(f"{root}: the class folders {list(classes)} hold no images "
+                        f"({', '.join(IMAGE_SUFFIXES)}).")
+    return np.stack(images), np.asarray(labels, np.int64), classes
+
+
+def load_image_folder(root, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """A folder with one sub-folder of images per class, or ``train/`` and ``test/`` folders that
+    each hold them; without a ``test/`` folder 10% of the images (chosen by ``seed``) are held
+    out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder.")
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        x, y, classes = _read_class_folders(root / "train", input_shape)
+        x_test, y_test, test_classes = _read_class_folders(root / "test", input_shape)
+        if test_classes != classes:
+            raise DataError(f"{root}: train/ has the classes {list(classes)} but test/ has "
+                            f"{list(test_classes)}; give both the same class folders.")
+    else:
+        x, y, classes = _read_class_folders(root, input_shape)
+        (x, y), (x_test, y_test) = _holdout(x, y, seed)
+    return (Dataset(x, y, classes, root.name, f"{root}: {len(x)} images"),
+            Dataset(x_test, y_test, classes, root.name, f"{root}: {len(x_test)} held-out images"))
+
+
+def load_dataset(dataset: str, input_shape, data_dir=None,
+                 seed: int = 0) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` for a ``[training] dataset`` value; ``data_dir`` (``--data``) is the
+    Fashion-MNIST folder, or replaces the path of an ``.npz`` or image-folder data set."""
+    if dataset == "fashion-mnist":
+        train, test = load_fashion_mnist(data_dir)
+        if tuple(input_shape) != (1, 28, 28):
+            raise DataError(f"Fashion-MNIST images are (1, 28, 28) but the network's input is "
+                            f"{tuple(input_shape)}; set the spec's input to [1, 28, 28].")
+        return train, test
+    if dataset == "shapes":
+        if data_dir:
+            raise DataError(f"the shapes data set is generated, not read: --data {data_dir} does "
+                            f"not apply; leave it out, or set [training] dataset to a file.")
+        return load_shapes(input_shape, seed=seed)
+    path = Path(data_dir or dataset)
+    if path.is_dir():
+        return load_image_folder(path, input_shape, seed)
+    if path.suffix == ".npz" or path.is_file():
+        return load_npz(path, input_shape, seed)
+    raise DataError(f"{path}: no such file or folder; give an .npz with arrays x and y, or a "
+                    f"folder with one sub-folder of images per class.")
