@@ -111,7 +111,7 @@ class _Builder:
         if layer is None:
             hint = closest(str(entry.type), LAYER_TYPES)
             self.report(entry, "type", f"unknown layer type {show(entry.type)}"
-                        + (f"; did you mean '{hint}'?" if hint else ".")
+                        + (f'; did you mean "{hint}"?' if hint else ".")
                         + " Known types: " + ", ".join(sorted(LAYER_TYPES)) + ".")
             return
         values, key_problems = layer.read_keys(entry.keys)

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import shapes
 from ..errors import ShapeError
-from ..spec._values import is_int, is_number, kind, show, suggestion
+from ..spec._values import closest, is_int, is_number, kind, show, suggestion
 
 Shape = tuple[int, ...]
 
@@ -55,7 +55,8 @@ class Value:
         """``must be …; got …`` — naming the value's TOML type when the type itself is wrong."""
         got = show(value)
         if kind(value) not in self.expected_kinds:
-            got += f" (a {kind(value)})"
+            article = "an" if kind(value)[0] in "aeiou" else "a"
+            got += f" ({article} {kind(value)})"
         return f"must be {self.description}; got {got}."
 
 
@@ -159,11 +160,8 @@ class Choice(Value):
 
     def problem(self, value) -> str:
         message = super().problem(value)
-        if isinstance(value, str):
-            hint = suggestion(value, self.choices)
-            if hint.startswith("did you mean"):
-                message += " " + hint[0].upper() + hint[1:]
-        return message
+        hint = closest(value, self.choices) if isinstance(value, str) else None
+        return message + (f' Did you mean "{hint}"?' if hint else "")
 
 
 class IntList(Value):
@@ -218,6 +216,11 @@ def format_shape(shape: Shape) -> str:
     '16×5×5'
     """
     return "×".join(str(d) for d in shape)
+
+
+def _written(pair: tuple[int, int]) -> str:
+    """A normalised pair as the user would write it: ``2`` for ``(2, 2)``, else ``[2, 3]``."""
+    return str(pair[0]) if pair[0] == pair[1] else show(list(pair))
 
 
 def _describe(shape: Shape) -> str:
@@ -298,20 +301,22 @@ class LayerType:
         values: dict[str, Any] = {}
         problems: list[tuple[str, str]] = []
         names = [k.name for k in self.keys]
+        misspelt = set()
         for name in raw:
             if name not in names:
                 if names:
                     valid = suggestion(name, names, "keys")
+                    misspelt.add(closest(name, names))
                     hint = valid[0].upper() + valid[1:]
                 else:
                     hint = "It takes no keys; remove it."
                 problems.append((name, f"{self.name} has no key '{name}'. {hint}"))
         for k in self.keys:
             if k.name not in raw:
-                if k.required:
+                if k.required and k.name not in misspelt:  # not "kernal" and "needs kernel"
                     problems.append((k.name, f"{self.name} needs '{k.name}' "
                                              f"({k.value.description}); add e.g. {k.example}."))
-                else:
+                elif not k.required:
                     values[k.name] = k.default_value()
                 continue
             try:
@@ -401,7 +406,7 @@ class Conv2d(LayerType):
             if values["stride"] != (1, 1):
                 raise LayerProblem(
                     f'padding = "same" needs stride 1 (as in PyTorch); got stride = '
-                    f'{show(list(values["stride"]))}. Give the padding as numbers instead, e.g. '
+                    f'{_written(values["stride"])}. Give the padding as numbers instead, e.g. '
                     f'padding = {values["kernel"][0] // 2} for kernel {values["kernel"][0]}.',
                     "padding")
             padding = tuple(shapes.same_padding(k, d)
@@ -541,9 +546,9 @@ class ConvTranspose2d(LayerType):
             if op >= s and op >= d:
                 raise LayerProblem(
                     f"output_padding must be smaller than the stride or the dilation (as in "
-                    f"PyTorch); got output_padding = {show(list(values['output_padding']))} "
-                    f"with stride = {show(list(values['stride']))} and dilation = "
-                    f"{show(list(values['dilation']))}. Use output_padding < stride.",
+                    f"PyTorch); got output_padding = {_written(values['output_padding'])} with "
+                    f"stride = {_written(values['stride'])} and dilation = "
+                    f"{_written(values['dilation'])}. Use output_padding < stride.",
                     "output_padding")
         return {"in_channels": channels, **values}
 
@@ -622,8 +627,8 @@ class _Pool(LayerType):
             if p > k // 2:
                 raise LayerProblem(
                     f"padding must be at most half the kernel (as in PyTorch); got padding = "
-                    f"{show(list(values['padding']))} with kernel = "
-                    f"{show(list(values['kernel']))}. Use padding ≤ {k // 2}.", "padding")
+                    f"{_written(values['padding'])} with kernel = {_written(values['kernel'])}. "
+                    f"Use padding ≤ {k // 2}.", "padding")
         return config
 
     def output_shape(self, config, shapes_in):
@@ -793,7 +798,7 @@ class Crop(LayerType):
         shape = _image(self.name, shapes_in[0])
         if any(s > n for s, n in zip(values["size"], shape[1:], strict=True)):
             raise LayerProblem(
-                f"size = {show(list(values['size']))} is larger than the input "
+                f"size = {_written(values['size'])} is larger than the input "
                 f"{format_shape(shape)} from '{names_in[0]}'; a crop can only shrink. Use a "
                 f"size of at most {shape[1]}×{shape[2]}.", "size")
         return dict(values)
