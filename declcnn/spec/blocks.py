@@ -165,7 +165,7 @@ def _read_params(block: Block, definition: dict, report: Report) -> None:
                     "is not a valid parameter name (letters, digits and '_', not first a digit)"
                 report.add(f"'{param}' {why}.", where, key=key, section=section)
                 block.ok = False
-            elif key == "required" and value not in _TYPE_TESTS:
+            elif key == "required" and (not isinstance(value, str) or value not in _TYPE_TESTS):
                 types = ", ".join(f'"{t}"' for t in _TYPE_TESTS)
                 report.add(f"the type of required parameter '{param}' must be one of {types}; "
                            f"got {show(value)}.", where, key=key, section=section)

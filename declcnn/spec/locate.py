@@ -10,7 +10,18 @@ comments; it never interprets values.
 
 from __future__ import annotations
 
+import re
+
 Path = tuple[str | int, ...]
+
+_ESCAPE = re.compile(r'\\(u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|.)')
+_SIMPLE_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _unescape(match: re.Match) -> str:
+    code = match.group(1)
+    return chr(int(code[1:], 16)) if len(code) > 1 else _SIMPLE_ESCAPES.get(code, code)
+
 
 _BARE_KEY = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
@@ -45,7 +56,8 @@ class _Scanner:
 
     # -- keys and strings -------------------------------------------------------------------
     def string(self) -> str:
-        """Read one string of any kind; return its text (escapes left as written)."""
+        """Read one string of any kind; return its text (a one-line basic string's escapes
+        decoded, as a quoted key needs)."""
         quote = self.peek()
         if self.peek(3) == quote * 3:
             end = self.text.find(quote * 3, self.pos + 3)
@@ -64,7 +76,7 @@ class _Scanner:
                 end = self.text.find(quote, end + 1)
         body = self.text[self.pos + 1:end]
         self.advance(end + 1 - self.pos)
-        return body
+        return _ESCAPE.sub(_unescape, body) if quote == '"' else body
 
     def _escaped(self, index: int) -> bool:
         backslashes = 0
@@ -144,6 +156,7 @@ class _Scanner:
         path: Path = ()
         for depth, key in enumerate(keys, start=1):
             path += (key,)
+            self.lines.setdefault(path, line)
             if is_array and depth == len(keys):
                 self.array_counts[path] = self.array_counts.get(path, 0) + 1
             if path in self.array_counts:
