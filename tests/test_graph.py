@@ -10,6 +10,7 @@ from textwrap import dedent
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from oracle import torch_or_skip
 
 from declcnn import shapes
 from declcnn.cli import main
@@ -20,7 +21,6 @@ from declcnn.graph.layers import INIT_CHOICES, infer_shape
 from declcnn.graph.summary import activation_bytes, format_summary, multiply_adds, parameter_count
 from declcnn.spec import parse_spec
 from declcnn.spec.model import LayerEntry, ParsedSpec
-from tests.oracle import torch_or_skip
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from oracle import torch_or_skip
 
 from declcnn.graph import load_graph
 from declcnn.graph.summary import parameter_count
-from tests.oracle import torch_or_skip
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

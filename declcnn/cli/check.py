@@ -15,7 +15,7 @@ _SHAPE = re.compile(r"[1-9][0-9]*(x[1-9][0-9]*x[1-9][0-9]*)?")
 
 
 @main.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=True))
+@click.argument("specs", nargs=-1, required=True, type=click.Path())
 def check(specs):
     """Check each SPEC completely: structure, keys, shapes, memory; report every problem."""
     from ..graph import load_graph
@@ -45,7 +45,7 @@ def _input_shape(ctx, param, value):
 
 
 @main.command()
-@click.argument("spec", type=click.Path(dir_okay=True))
+@click.argument("spec", type=click.Path())
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=1, show_default=True,
               help="Samples per batch for the activation memory.")
 @click.option("--input", "input_shape", metavar="CxHxW", callback=_input_shape,

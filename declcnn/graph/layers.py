@@ -290,12 +290,6 @@ class LayerType:
     min_inputs = 1
     max_inputs = 1
 
-    def key(self, name: str) -> Key | None:
-        for k in self.keys:
-            if k.name == name:
-                return k
-        return None
-
     def read_keys(self, raw: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """Check a layer's keys; return the values (defaults filled in) and (key, message)s."""
         values: dict[str, Any] = {}
