@@ -6,7 +6,9 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -800,3 +802,21 @@ def test_graph_round_trip_spec_graph_toml_spec():
         again = graph_module.build_graph(parse_spec(emit_toml(graph)))
         assert [(n.name, n.type, n.config, n.inputs, n.output_shape) for n in again.nodes] == \
                [(n.name, n.type, n.config, n.inputs, n.output_shape) for n in graph.nodes]
+
+
+def test_every_complete_example_in_the_spec_reference_is_valid():
+    text = (Path(__file__).parent.parent / "docs" / "SPEC.md").read_text(encoding="utf-8")
+    examples = [e for e in re.findall(r"```toml\n(.*?)```", text, re.S) if "[network]" in e]
+    assert len(examples) == 5
+    try:
+        from declcnn.graph import build_graph
+    except ImportError:
+        build_graph = None
+    for example in examples:
+        spec = parse_spec(example, "SPEC.md")
+        assert spec.problems == [], spec.problems
+        if build_graph is not None:
+            build_graph(spec)
+    up = parse_spec(examples[3])
+    assert [e.name for e in up.layers][-4:] == ["up1.upconv", "up1.cat", "up1.conv.conv2d0",
+                                                "up1.conv.act1"]

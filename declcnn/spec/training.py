@@ -40,8 +40,8 @@ ALIASES = {"learning_rate": "lr", "l2": "weight_decay", "decay": "weight_decay",
 BUILTIN_DATASETS = ("fashion-mnist", "shapes")
 AUGMENTATIONS = ("flip", "crop", "shift")
 
-# Keys that only mean something for some settings of another key: giving them otherwise is
-# almost always a mistake (momentum written for Adam, say), so it is reported.
+# Keys that only mean something for some settings of another key: setting them otherwise is
+# almost always a mistake (momentum 0.5 written for Adam, say), so it is reported.
 APPLIES_TO = {
     "momentum": ("optimizer", ("sgd",)),
     "nesterov": ("optimizer", ("sgd",)),
@@ -193,7 +193,9 @@ def check_training(table, spec_file: str | None, report) -> dict:
         else:
             result[key] = value
     for key, (other, settings) in APPLIES_TO.items():
-        if key in table and key not in bad and result[other] not in settings:
+        # A default written out (as in the documented table) is harmless; another value is not.
+        if key in table and key not in bad and table[key] != DEFAULTS[key] \
+                and result[other] not in settings:
             needed = " or ".join(f"'{s}'" for s in settings)
             report(f"applies only when {other} = {needed}, but {other} is '{result[other]}'; "
                    f"remove {key} or set {other}.", key)
