@@ -771,3 +771,12 @@ def test_summary_table_rows_match_graph():
     assert sum(1 for line in text.splitlines() if line.startswith("layer")) == sum(
         1 for n in graph.nodes if n.name.startswith("layer"))
     assert math.isclose(multiply_adds(graph), 1.814e9, rel_tol=2e-3)  # torchvision: 1.81 GMACs
+
+
+def test_structural_and_layer_problems_come_in_one_file_ordered_report():
+    text = spec(CONV + "out_channels = 0\nkernel = 3\n[training]\nepochs = 0\n").replace(
+        "[network]\n", "[network]\ncolour = 1\n")
+    found = problems(text)
+    assert [p.split(" ")[0] for p in found] == ["net.toml:2", "net.toml:7", "net.toml:10"]
+    assert "key 'colour'" in found[0] and "key 'out_channels'" in found[1]
+    assert "[training] key 'epochs'" in found[2]
