@@ -88,9 +88,8 @@ def parse_spec(text: str, file: str | None = None) -> ParsedSpec:
         training_table, file,
         lambda message, key: report.add(message, ("training",) + ((key,) if key else ()),
                                         key=key, section="training"))
-    training_lines = {k: report.lines[("training", k)] for k in training_table or ()
-                      if ("training", k) in report.lines} if isinstance(training_table,
-                                                                       dict) else {}
+    training_lines = ({k: report.line(("training", k)) for k in training_table}
+                      if isinstance(training_table, dict) else {})
     problems = sorted(report.problems, key=lambda p: p.line or 0)
     return ParsedSpec(file, name, input_shape, entries, training, problems, document,
                       training_lines)
