@@ -778,8 +778,8 @@ class Linear(LayerType):
 
 @register
 class Crop(LayerType):
-    """Centre crop to ``size`` (the extra pixel of an odd margin goes to the end, as in U-Net's
-    crop).  Shape: ``(C, H, W) → (C, size_h, size_w)``.
+    """Centre crop to ``size``: rows ``⌊(H − size_h)/2⌋`` onwards (an odd margin's extra row
+    is dropped at the end), columns likewise.  Shape: ``(C, H, W) → (C, size_h, size_w)``.
 
     >>> infer_shape("crop", (64, 568, 568), size=392)
     (64, 392, 392)
@@ -838,8 +838,9 @@ class _Merge(LayerType):
 
 @register
 class Concat(_Merge):
-    """Concatenation along the channels; with ``crop = true`` the larger inputs are first
-    centre-cropped to the smallest height and width (U-Net's crop-and-concat).
+    """Concatenation along the channels, in the order of ``inputs``; with ``crop = true`` the
+    larger inputs are first centre-cropped to the smallest height and width as ``crop`` does
+    (U-Net's crop-and-concat).
 
     Shape: ``(C_i, H, W) → (Σ C_i, H, W)`` (``H = min H_i`` with crop).
 
