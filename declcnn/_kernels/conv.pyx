@@ -104,8 +104,12 @@ cdef void _im2col(const floating *x, floating *col, const Geometry *g) noexcept 
                         continue
                     src = x + (c * g.H + ih) * g.W + off
                     memset(dst, 0, lo * sizeof(floating))
-                    for ow in range(lo, hi):
-                        dst[ow] = src[ow * g.sw]
+                    if g.sw == 1:  # rows are short: a loop the compiler vectorises beats memcpy
+                        for ow in range(lo, hi):
+                            dst[ow] = src[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow] = src[ow * g.sw]
                     memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
 
 
@@ -125,8 +129,12 @@ cdef void _col2im(const floating *col, floating *x, const Geometry *g) noexcept 
                         continue
                     src = col + ((c * g.kh + i) * g.kw + j) * g.P + oh * g.OW
                     dst = x + (c * g.H + ih) * g.W + off
-                    for ow in range(lo, hi):
-                        dst[ow * g.sw] += src[ow]
+                    if g.sw == 1:  # a separate loop the compiler can vectorise
+                        for ow in range(lo, hi):
+                            dst[ow] += src[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow * g.sw] += src[ow]
 
 
 cdef inline void _fill_planes(floating *planes, const floating *values, Py_ssize_t count,
@@ -172,8 +180,12 @@ cdef void _depthwise_forward_plane(const floating *x, const floating *w, floatin
             for oh in range(hlo, hhi):
                 src = x + (oh * g.sh + i * g.dh - g.pt) * g.W + j * g.dw - g.pl
                 dst = y + oh * g.OW
-                for ow in range(wlo, whi):
-                    dst[ow] = dst[ow] + wv * src[ow * g.sw]
+                if g.sw == 1:
+                    for ow in range(wlo, whi):
+                        dst[ow] = dst[ow] + wv * src[ow]
+                else:
+                    for ow in range(wlo, whi):
+                        dst[ow] = dst[ow] + wv * src[ow * g.sw]
 
 
 cdef void _depthwise_data_plane(const floating *gy, const floating *w, floating *gx,
@@ -191,33 +203,46 @@ cdef void _depthwise_data_plane(const floating *gy, const floating *w, floating 
             for oh in range(hlo, hhi):
                 dst = gx + (oh * g.sh + i * g.dh - g.pt) * g.W + j * g.dw - g.pl
                 src = gy + oh * g.OW
-                for ow in range(wlo, whi):
-                    dst[ow * g.sw] += wv * src[ow]
+                if g.sw == 1:
+                    for ow in range(wlo, whi):
+                        dst[ow] += wv * src[ow]
+                else:
+                    for ow in range(wlo, whi):
+                        dst[ow * g.sw] += wv * src[ow]
 
 
 cdef void _depthwise_weight_channel(const floating *gy, const floating *x, floating *gw,
-                                    Py_ssize_t o, floating *row,
+                                    Py_ssize_t o, floating *rows,
                                     const Geometry *g) noexcept nogil:
     """gw[o, 0, i, j] = Σ_{n, oh, ow} gy[n, o, oh, ow] · x[n, o // Og, oh·sh + i·dh − pt, …].
 
-    Products are summed per output column into ``row`` first, so the inner loop vectorises.
+    Each tap sums its products per output column into its own row of ``rows`` (kh·kw × OW), so
+    the inner loop vectorises and one gy row serves every tap while it is in cache.
     """
-    cdef Py_ssize_t i, j, n, oh, ow, hlo, hhi, wlo, whi
+    cdef Py_ssize_t i, j, n, oh, ow, ih, wlo, whi
     cdef const floating *src
     cdef const floating *gsrc
-    for i in range(g.kh):
-        _valid_range(i * g.dh - g.pt, g.sh, g.H, g.OH, &hlo, &hhi)
-        for j in range(g.kw):
-            _valid_range(j * g.dw - g.pl, g.sw, g.W, g.OW, &wlo, &whi)
-            memset(row, 0, g.OW * sizeof(floating))
-            for n in range(g.N):
-                for oh in range(hlo, hhi):
-                    src = (x + ((n * g.C + o // g.Og) * g.H + oh * g.sh + i * g.dh - g.pt) * g.W
-                           + j * g.dw - g.pl)
-                    gsrc = gy + ((n * g.O + o) * g.OH + oh) * g.OW
-                    for ow in range(wlo, whi):
-                        row[ow] = row[ow] + gsrc[ow] * src[ow * g.sw]
-            gw[i * g.kw + j] = <floating> _plane_sum(row, g.OW)
+    cdef floating *row
+    memset(rows, 0, g.kh * g.kw * g.OW * sizeof(floating))
+    for n in range(g.N):
+        for oh in range(g.OH):
+            gsrc = gy + ((n * g.O + o) * g.OH + oh) * g.OW
+            for i in range(g.kh):
+                ih = oh * g.sh + i * g.dh - g.pt
+                if ih < 0 or ih >= g.H:
+                    continue
+                for j in range(g.kw):
+                    _valid_range(j * g.dw - g.pl, g.sw, g.W, g.OW, &wlo, &whi)
+                    src = x + ((n * g.C + o // g.Og) * g.H + ih) * g.W + j * g.dw - g.pl
+                    row = rows + (i * g.kw + j) * g.OW
+                    if g.sw == 1:
+                        for ow in range(wlo, whi):
+                            row[ow] = row[ow] + gsrc[ow] * src[ow]
+                    else:
+                        for ow in range(wlo, whi):
+                            row[ow] = row[ow] + gsrc[ow] * src[ow * g.sw]
+    for i in range(g.kh * g.kw):
+        gw[i] = <floating> _plane_sum(rows + i * g.OW, g.OW)
 
 
 def conv_forward(const floating[:, :, :, ::1] x not None,
@@ -350,7 +375,8 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
     cdef floating[:, ::1] cols = np.empty(
         (num_threads if use_col else 0, g.K * g.P if use_col else 0), dtype=dtype)
     cdef floating[:, ::1] partials = np.zeros((0 if direct else num_threads, size), dtype=dtype)
-    cdef floating[:, ::1] rows = np.empty((num_threads if direct else 0, g.OW), dtype=dtype)
+    cdef floating[:, ::1] rows = np.empty(
+        (num_threads if direct else 0, g.kh * g.kw * g.OW), dtype=dtype)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *gwp = &gw[0, 0, 0, 0]
@@ -365,7 +391,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
         if direct:
             for o in prange(g.O, schedule='static', num_threads=num_threads):
                 _depthwise_weight_channel(gyp, xp, gwp + o * g.kh * g.kw, o,
-                                          rowp + threadid() * g.OW, &g)
+                                          rowp + threadid() * g.kh * g.kw * g.OW, &g)
         else:
             for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
                 n = it // g.groups
