@@ -1,3 +1,124 @@
-"""declcnn train commands (being written)."""
+"""``declcnn train``, ``declcnn eval`` and ``declcnn predict``: training and using a network."""
 
-from . import main  # noqa: F401
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+
+import click
+
+from . import main
+from ._common import user_errors
+
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+
+
+@main.command("train")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(min=1), help="Override [training] epochs.")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Override [training] batch_size.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Override [training] lr.")
+@click.option("--seed", type=click.IntRange(min=0), help="Override [training] seed.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Kernel threads (a run is reproducible bit for bit for a thread count).")
+@click.option("--data", "data_dir", type=click.Path(),
+              help="Folder of the Fashion-MNIST IDX files, or the .npz / image folder to use.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Run folder (default runs/<spec name>/).")
+@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[CKPT]",
+              help="Continue from CKPT, or from the run folder's last.npz when none is given.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Steps between checkpoints (one is also written at each epoch's end).")
+@click.option("--quiet", is_flag=True, help="Print only the final summary.")
+@user_errors
+def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, resume,
+                  checkpoint_every, quiet):
+    """Train the network of SPEC on the data set its [training] table names."""
+    from ..train import Trainer, TrainingInterrupted
+
+    trainer = Trainer(spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      threads=threads, data_dir=data_dir, out=out,
+                      checkpoint_every=checkpoint_every, verbose=not quiet)
+    try:
+        result = trainer.fit(resume=True if resume == "" else resume)
+    except TrainingInterrupted as stop:
+        again = ["declcnn", "train", spec, "--resume", str(stop.checkpoint)]
+        if out:
+            again += ["--out", out]
+        if data_dir:
+            again += ["--data", data_dir]
+        click.echo(f"interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
+                   f"Resume with: {shlex.join(again)}", err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    last = result["history"][-1] if result["history"] else {}
+    score = ("val_mean_iou", "mean IoU") if "val_mean_iou" in last else ("val_accuracy",
+                                                                         "accuracy")
+    if last:
+        click.echo(f"done: {last['epoch']} epochs; validation {score[1]} {last[score[0]]:.4f} "
+                   f"(best {result['best']:.4f}); weights in {result['best_path']}")
+
+
+def _matrix_text(matrix, classes) -> str:
+    width = max(5, *(len(str(v)) for row in matrix for v in row))
+    header = " " * 14 + " ".join(f"{i:>{width}}" for i in range(len(classes)))
+    rows = [f"{i:>2} {name[:11]:<11}" + " ".join(f"{v:>{width}}" for v in row)
+            for i, (name, row) in enumerate(zip(classes, matrix, strict=True))]
+    return "\n".join([header, *rows])
+
+
+@main.command("eval")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--weights", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (.npz) written by declcnn train.")
+@click.option("--data", "data_dir", type=click.Path(),
+              help="Folder of the Fashion-MNIST IDX files, or the .npz / image folder to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def eval_command(spec, weights, data_dir, as_json):
+    """Evaluate a checkpoint of SPEC on the test split of its data set."""
+    from ..train import evaluate
+
+    result = evaluate(spec, weights, data_dir=data_dir)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{result['dataset']}")
+    click.echo(f"accuracy {result['accuracy']:.4f} ({result['samples']} "
+               f"{'pixels' if 'mean_iou' in result else 'samples'}), loss {result['loss']:.4f}")
+    if "mean_iou" in result:
+        click.echo(f"mean IoU {result['mean_iou']:.4f}")
+        for name, iou in result["per_class_iou"].items():
+            click.echo(f"  IoU {name:<14} {'-' if iou is None else f'{iou:.4f}'}")
+    click.echo("per-class accuracy:")
+    for name, accuracy in result["per_class_accuracy"].items():
+        click.echo(f"  {name:<14} {'-' if accuracy is None else f'{accuracy:.4f}'}")
+    click.echo("confusion matrix (rows: true class, columns: predicted):")
+    click.echo(_matrix_text(result["confusion_matrix"], result["classes"]))
+
+
+@main.command("predict")
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--weights", required=True, type=click.Path(dir_okay=False),
+              help="Checkpoint (.npz) written by declcnn train.")
+@click.option("--top-k", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Most probable classes to show.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for segmentation masks (default: beside each input).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per input.")
+@user_errors
+def predict_command(spec, inputs, weights, top_k, out, as_json):
+    """Classify (or segment) INPUT images (PNG, JPEG) or .npy arrays with a checkpoint of
+    SPEC."""
+    from ..train import predict
+
+    for result in predict(spec, weights, inputs, top_k=top_k, out=out):
+        if as_json:
+            click.echo(json.dumps(result))
+        elif "top" in result:
+            ranked = ", ".join(f"{t['class']} {t['probability']:.3f}" for t in result["top"])
+            click.echo(f"{result['input']}: {ranked}")
+        else:
+            shares = ", ".join(f"{name} {share:.1%}" for name, share in result["classes"].items())
+            click.echo(f"{result['input']}: mask {result['mask']} ({shares})")

@@ -1,0 +1,429 @@
+"""The training loop, evaluation and prediction on real data.
+
+``Trainer(spec, ...).fit()`` trains a spec's network under its ``[training]`` table (arguments
+override single keys) and writes into its run folder (``runs/<spec name>/`` by default):
+
+* ``last.npz`` every ``checkpoint_every`` steps and at each epoch's end, ``best.npz`` when the
+  validation score (accuracy, or mean IoU for segmentation) improves;
+* ``metrics.jsonl``: one JSON object per epoch; ``curves.png``: loss and accuracy per epoch.
+
+A run is a pure function of its settings and thread count: the data order of epoch ``e`` comes
+from ``(seed, e)``, augmentation from ``(seed, e, batch)``, dropout from a generator whose state
+is checkpointed — so a run killed at any step and resumed from ``last.npz`` ends with the same
+weights, bit for bit, as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from .. import functional
+from ..errors import DataError, DeclcnnError, TrainingError
+from ..graph import load_graph
+from ..runtime import Network
+from ..threads import get_num_threads, set_num_threads
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .data import Normalizer, batches, epoch_order, steps_per_epoch, training_batch
+from .datasets import Dataset, load_dataset, read_image
+from .losses import compute_loss
+from .metrics import confusion_matrix, summarise
+from .optimizers import make_optimizer
+from .plots import plot_history
+from .progress import ProgressBar, duration
+from .schedules import learning_rate
+
+OVERRIDABLE = ("epochs", "batch_size", "lr", "seed")
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C stopped training after a step; ``checkpoint`` is where the state was saved."""
+
+    def __init__(self, checkpoint: Path, step: int):
+        self.checkpoint, self.step = checkpoint, step
+        super().__init__(f"interrupted at step {step}; saved {checkpoint}")
+
+
+def _spec_source(spec) -> tuple[object, str]:
+    """(what load_graph takes, the spec's text) for a path or a spec's text."""
+    if isinstance(spec, str) and "\n" in spec:
+        return spec, spec
+    path = Path(spec)
+    try:
+        return str(path), path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise DeclcnnError(f"{path}: cannot read the spec ({err.strerror}); check the path.") \
+            from None
+
+
+def check_fit(network: Network, data: Dataset) -> None:
+    """Refuse a data set whose labels the network's output cannot represent."""
+    out = tuple(network.graph.output.output_shape)
+    where = f"network '{network.graph.name}'"
+    labels = int(data.y.max(initial=0)) + 1
+    if data.segmentation:
+        if len(out) != 3 or out[1:] != data.y.shape[1:]:
+            raise DataError(f"{where}: the data set '{data.name}' has masks of size "
+                            f"{data.y.shape[1:]} per image, so the output must be (classes, "
+                            f"{data.y.shape[1]}, {data.y.shape[2]}); it is {out}. Make the "
+                            f"spec's last layer a per-pixel classifier of that size.")
+    elif len(out) != 1:
+        raise DataError(f"{where}: the data set '{data.name}' has one label per image, so the "
+                        f"output must be (classes,); it is {out}. End the spec with a flatten "
+                        f"and a linear layer (or a global pool).")
+    if out[0] < labels:
+        raise DataError(f"{where}: the data set '{data.name}' has {labels} classes "
+                        f"(labels 0..{labels - 1}) but the output gives {out[0]} scores; set the "
+                        f"last layer's outputs to {labels}.")
+
+
+def _correct(output: np.ndarray, target: np.ndarray, ignore_index: int) -> tuple[int, int]:
+    """(correct predictions, counted targets) of a batch; ignored pixels do not count."""
+    counted = target != ignore_index
+    return int(((output.argmax(axis=1) == target) & counted).sum()), int(counted.sum())
+
+
+def first_non_finite(network: Network, x: np.ndarray) -> str:
+    """Re-run ``x`` through the network node by node and name the first node whose output is
+    not finite (or the parameters that already are not)."""
+    bad_params = [name for name, value in network.params.items() if not np.isfinite(value).all()]
+    if bad_params:
+        shown = ", ".join(f"'{n}'" for n in bad_params[:4])
+        return f"the parameters {shown} are already not finite (the previous update overflowed)"
+    values = {"input": np.ascontiguousarray(x, dtype=network.dtype)}
+    for impl in network._nodes:  # Network runs this loop too; here every output is inspected.
+        node = impl.node
+        values[node.name] = impl.forward([values[name] for name in node.inputs])
+        impl.release()
+        if not np.isfinite(values[node.name]).all():
+            return f"the first layer whose output is not finite is '{node.name}' ({node.type})"
+    return "every layer's output is finite, so the loss itself overflowed"
+
+
+def evaluate_network(network: Network, data: Dataset, normalizer: Normalizer, settings: dict,
+                     batch_size: int = 256) -> dict:
+    """Loss and :func:`~declcnn.train.metrics.summarise`'s metrics of ``network`` (in eval mode)
+    on ``data``."""
+    network.eval()
+    classes = len(data.classes)
+    matrix = np.zeros((classes, classes), np.int64)
+    loss_sum, weight = 0.0, 0
+    ignore = settings["ignore_index"]
+    for x, y in batches(data, batch_size, normalizer):
+        output = network.forward(x)
+        loss, _ = compute_loss(settings["loss"], output, y, ignore)
+        loss_sum += loss * len(x)
+        weight += len(x)
+        predicted = output.argmax(axis=1)
+        matrix += confusion_matrix(np.minimum(predicted, classes - 1), y, classes, ignore)
+    result = summarise(matrix, data.classes, data.segmentation)
+    result["loss"] = loss_sum / max(weight, 1)
+    return result
+
+
+def _score(result: dict) -> float:
+    return result.get("mean_iou", result["accuracy"])
+
+
+@contextmanager
+def _stop_on_sigint():
+    """While training, the first Ctrl-C asks for a clean stop after the current step; a second
+    one interrupts at once."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, frame):
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print("\nstopping after this step (Ctrl-C again to stop at once)…", flush=True)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Trainer:
+    """Train the network of ``spec`` (a path, or a spec's text) on its ``[training]`` data.
+
+    ``epochs``, ``batch_size``, ``lr`` and ``seed`` override the table's keys; ``threads`` fixes
+    the kernels' thread count; ``data_dir`` is ``--data``; ``out`` the run folder;
+    ``checkpoint_every`` the steps between checkpoints; ``verbose`` prints progress and
+    summaries to stdout.
+    """
+
+    def __init__(self, spec, *, epochs=None, batch_size=None, lr=None, seed=None, threads=None,
+                 data_dir=None, out=None, checkpoint_every: int = 200, verbose: bool = True):
+        source, self.spec_text = _spec_source(spec)
+        self.graph = load_graph(source)
+        self.overrides = {k: v for k, v in zip(OVERRIDABLE, (epochs, batch_size, lr, seed),
+                                               strict=True) if v is not None}
+        self.settings = {**self.graph.training, **self.overrides}
+        if threads is not None:
+            set_num_threads(threads)
+        self.data_dir = data_dir
+        self.run_dir = Path(out) if out else Path("runs") / self.graph.name
+        if checkpoint_every < 1:
+            raise DeclcnnError(f"checkpoint_every must be ≥ 1 step; got {checkpoint_every}.")
+        self.checkpoint_every = checkpoint_every
+        self.verbose = verbose
+        self.network: Network | None = None
+        self.history: list[dict] = []
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            print(message, flush=True)
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.npz"
+
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.npz"
+
+    def _checkpoint(self, epoch: int, step: int, running: dict, best: float | None) -> Checkpoint:
+        meta = {
+            "epoch": epoch, "step": step, "settings": self.settings, "history": self.history,
+            "running": running, "best": best, "threads": get_num_threads(),
+            "dropout_rng": self.network.dropout_rng.bit_generator.state,
+            "classes": list(self.train_data.classes), "spec_name": self.graph.name,
+            "segmentation": self.train_data.segmentation,
+        }
+        state = self.network.state_dict()
+        params = {k: state[k] for k in self.network.params}
+        buffers = {k: state[k] for k in self.network.buffers}
+        return Checkpoint(params, buffers, self.optimizer.state_dict(), self.spec_text, meta,
+                          self.normalizer.mean, self.normalizer.std)
+
+    def fit(self, resume=None) -> dict:
+        """Train; ``resume`` is a checkpoint path, or True for the run folder's ``last.npz``.
+
+        Returns ``{"history", "best", "last", "best_path", "run_dir"}``.  Raises
+        :class:`TrainingInterrupted` after saving on Ctrl-C and
+        :class:`~declcnn.errors.TrainingError` on a non-finite loss.
+        """
+        checkpoint = None
+        if resume:
+            path = self.last_path if resume is True else Path(resume)
+            checkpoint = load_checkpoint(path)
+            self.settings = {**self.graph.training, **checkpoint.meta.get("settings", {}),
+                             **self.overrides}
+        settings = self.settings
+        self.train_data, self.test_data = load_dataset(
+            settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"])
+        for note in self.train_data.notes:
+            self.log(f"note: {note}")
+        self.log(f"data: {self.train_data.description}; {self.test_data.description}")
+        self.network = Network(self.graph, seed=settings["seed"])
+        check_fit(self.network, self.train_data)
+        if settings["loss"] == "cross_entropy" and self.graph.output.type == "softmax":
+            raise TrainingError(f"network '{self.graph.name}': the last layer "
+                                f"'{self.graph.output.name}' is a softmax, but cross_entropy "
+                                f"takes raw scores (it applies the softmax itself); remove that "
+                                f"layer from the spec.")
+        self.optimizer = make_optimizer(self.network.params, settings)
+        self.normalizer = Normalizer.fit(self.train_data, settings["normalize"])
+        epoch, step, best = 0, 0, None
+        running = {"loss": 0.0, "correct": 0, "counted": 0, "images": 0}
+        if checkpoint is not None:
+            checkpoint.restore(self.network)
+            self.optimizer.load_state_dict(checkpoint.optimizer)
+            self.network.dropout_rng.bit_generator.state = checkpoint.meta["dropout_rng"]
+            self.normalizer = Normalizer(checkpoint.mean, checkpoint.std)
+            meta = checkpoint.meta
+            epoch, step, best = meta["epoch"], meta["step"], meta["best"]
+            running, self.history = meta["running"], meta["history"]
+            self.log(f"resuming {checkpoint.path} at epoch {epoch + 1}, step {step} "
+                     f"(saved with {meta['threads']} threads; now {get_num_threads()})")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.run_dir / "metrics.jsonl"
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
+        with _stop_on_sigint() as stop:
+            best = self._epochs(epoch, step, running, best, stop, metrics_path)
+        plot_history(self.history, self.run_dir / "curves.png")
+        self.log(f"saved {self.last_path}, {self.best_path}, {metrics_path} and "
+                 f"{self.run_dir / 'curves.png'}")
+        return {"history": self.history, "best": best, "last": self.last_path,
+                "best_path": self.best_path, "run_dir": self.run_dir}
+
+    def _epochs(self, epoch, step, running, best, stop, metrics_path):
+        settings, data = self.settings, self.train_data
+        batch_size, epochs, seed = settings["batch_size"], settings["epochs"], settings["seed"]
+        per_epoch = steps_per_epoch(len(data), batch_size)
+        ignore = settings["ignore_index"]
+        for e in range(epoch, epochs):
+            order = epoch_order(len(data), seed, e)
+            first = step - e * per_epoch
+            bar = ProgressBar(f"epoch {e + 1}/{epochs}", per_epoch, first, enabled=self.verbose)
+            started = time.perf_counter()
+            self.network.train()
+            for b in range(first, per_epoch):
+                x, y = training_batch(data, order, b, batch_size, self.normalizer, seed, e,
+                                      settings["augment"], ignore)
+                loss = self._step(x, y, step, per_epoch, e, b)
+                step += 1
+                correct, counted = _correct(self._output, y, ignore)
+                running["loss"] += loss * len(x)
+                running["images"] += len(x)
+                running["correct"] += correct
+                running["counted"] += counted
+                bar.update(len(x), running["loss"] / running["images"],
+                           running["correct"] / max(running["counted"], 1))
+                if step % self.checkpoint_every == 0 or stop.is_set():
+                    save_checkpoint(self.last_path, self._checkpoint(e, step, running, best))
+                if stop.is_set():
+                    bar.close()
+                    raise TrainingInterrupted(self.last_path, step)
+            bar.close()
+            val = evaluate_network(self.network, self.test_data, self.normalizer, settings)
+            record = {"epoch": e + 1, "step": step,
+                      "train_loss": running["loss"] / max(running["images"], 1),
+                      "train_accuracy": running["correct"] / max(running["counted"], 1),
+                      "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                      "lr": learning_rate(step - 1, settings, per_epoch),
+                      "seconds": time.perf_counter() - started}
+            if "mean_iou" in val:
+                record["val_mean_iou"] = val["mean_iou"]
+            self.history.append(record)
+            improved = best is None or _score(val) > best
+            best = _score(val) if improved else best
+            running = {"loss": 0.0, "correct": 0, "counted": 0, "images": 0}
+            checkpoint = self._checkpoint(e + 1, step, running, best)
+            save_checkpoint(self.last_path, checkpoint)
+            if improved:
+                save_checkpoint(self.best_path, checkpoint)
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            iou = f" mean IoU {record['val_mean_iou']:.4f}" if "val_mean_iou" in record else ""
+            self.log(f"epoch {e + 1}/{epochs}: train loss {record['train_loss']:.4f} acc "
+                     f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
+                     f"{record['val_accuracy']:.4f}{iou} | {duration(record['seconds'])}"
+                     f"{' (best)' if improved else ''}")
+            if stop.is_set():
+                raise TrainingInterrupted(self.last_path, step)
+        return best
+
+    def _step(self, x, y, step, per_epoch, epoch, batch) -> float:
+        settings = self.settings
+        self.network.zero_grad()
+        output = self.network.forward(x)
+        loss, grad = compute_loss(settings["loss"], output, y, settings["ignore_index"])
+        if not np.isfinite(loss):
+            where = first_non_finite(self.network, x)
+            kept = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
+                    else "no checkpoint was written yet")
+            raise TrainingError(
+                f"step {step + 1} (epoch {epoch + 1}, batch {batch + 1}): the loss is {loss}; "
+                f"{where}. Training stopped; {kept}. Lower the learning rate (lr = "
+                f"{learning_rate(step, settings, per_epoch):g} at this step), add warm-up "
+                f"(warmup_epochs) or check the data for non-finite values.")
+        self.network.backward(grad, input_grad=False)
+        self.optimizer.step(self.network.grads, learning_rate(step, settings, per_epoch))
+        self._output = output
+        return loss
+
+
+def train(spec, resume=None, **options) -> dict:
+    """``Trainer(spec, **options).fit(resume)``."""
+    return Trainer(spec, **options).fit(resume)
+
+
+def _network_from(spec, weights) -> tuple[Network, Checkpoint]:
+    source, _ = _spec_source(spec)
+    network = Network(load_graph(source))
+    checkpoint = load_checkpoint(weights)
+    checkpoint.restore(network)
+    network.eval()
+    return network, checkpoint
+
+
+def evaluate(spec, weights, data_dir=None, batch_size: int = 256) -> dict:
+    """Metrics of the checkpoint ``weights`` on the test split of the spec's data set:
+    accuracy, per-class accuracy, confusion matrix, loss; pixel accuracy and (mean) IoU for
+    segmentation."""
+    network, checkpoint = _network_from(spec, weights)
+    settings = {**network.graph.training, **checkpoint.meta.get("settings", {})}
+    _, test = load_dataset(settings["dataset"], network.graph.input_shape, data_dir,
+                           settings["seed"])
+    check_fit(network, test)
+    result = evaluate_network(network, test, Normalizer(checkpoint.mean, checkpoint.std),
+                              settings, batch_size)
+    result["dataset"] = test.description
+    return result
+
+
+def _read_input(path: Path, input_shape) -> np.ndarray:
+    """An image file or ``.npy`` as one sample of the network's input shape."""
+    if path.suffix.lower() != ".npy":
+        return read_image(path, input_shape)
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise DataError(f"{path}: not a readable .npy file ({err}).") from None
+    stored = array.shape
+    if array.ndim == len(input_shape) - 1 and input_shape[0] == 1:
+        array = array[None]  # a grey image without its channel axis
+    if tuple(array.shape) != tuple(input_shape):
+        raise DataError(f"{path}: the array has shape {stored} but the network takes "
+                        f"{tuple(input_shape)}; save it in that shape (an image file would be "
+                        f"resized instead).")
+    return array if array.dtype == np.uint8 else array.astype(np.float32)
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    """A class-index mask as a palette PNG: pixel values are the classes, shown in colour."""
+    from PIL import Image
+
+    image = Image.fromarray(mask.astype(np.uint8), mode="P")
+    palette = [0, 0, 0, 230, 25, 75, 60, 180, 75, 0, 130, 200, 255, 225, 25, 145, 30, 180]
+    image.putpalette(palette + [128] * (768 - len(palette)))
+    image.save(path)
+
+
+def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
+    """Classify (or segment) image files (PNG, JPEG…) or ``.npy`` arrays.
+
+    Classification: per input ``{"input", "top": [{"class", "index", "probability"}…]}`` with the
+    ``top_k`` most probable classes.  Segmentation: ``{"input", "mask", "classes"}`` with the
+    mask written as a PNG into ``out`` (default: beside the input) as ``<name>_mask.png``.
+    """
+    network, checkpoint = _network_from(spec, weights)
+    normalizer = Normalizer(checkpoint.mean, checkpoint.std)
+    classes = checkpoint.meta.get("classes") or []
+    paths = [Path(p) for p in inputs]
+    # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
+    batch = np.concatenate([normalizer(_read_input(p, network.graph.input_shape)[None])
+                            for p in paths])
+    probabilities = functional.softmax(network.forward(batch), axis=1)
+
+    def name(index: int) -> str:
+        return classes[index] if index < len(classes) else str(index)
+
+    results = []
+    for path, p in zip(paths, probabilities, strict=True):
+        if p.ndim == 1:
+            top = np.argsort(-p, kind="stable")[:top_k]
+            results.append({"input": str(path), "top": [
+                {"class": name(int(i)), "index": int(i), "probability": float(p[i])}
+                for i in top]})
+        else:
+            mask = p.argmax(axis=0)
+            folder = Path(out) if out else path.parent
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{path.stem}_mask.png"
+            _save_mask(mask, target)
+            present = np.bincount(mask.ravel(), minlength=len(p)) / mask.size
+            results.append({"input": str(path), "mask": str(target), "classes": {
+                name(i): float(f) for i, f in enumerate(present) if f > 0}})
+    return results
