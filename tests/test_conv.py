@@ -313,6 +313,11 @@ EDGE_CONV = {
     "pointwise 1x1 grouped": _conv_case((3, 6, 5, 4), (4, 3, 1, 1), groups=2),
     "pointwise 1x1 strided": _conv_case((3, 6, 5, 4), (4, 6, 1, 1), stride=2),
     "uneven padding": _conv_case((2, 3, 6, 6), (4, 3, 3, 3), padding=((0, 2), (1, 0))),
+    # K·OH·OW above the kernel's 262144-float im2col tile: two tiles of rows, the last shorter
+    "several im2col tiles": _conv_case((1, 16, 61, 47), (8, 16, 3, 3), padding=1),
+    "several tiles, strided, grouped": _conv_case((2, 32, 121, 95), (8, 16, 3, 3), stride=2,
+                                                  padding=1, groups=2),
+    "several tiles, pointwise": _conv_case((1, 64, 70, 65), (4, 64, 1, 1)),
 }
 
 EDGE_TRANSPOSE = {
@@ -329,6 +334,8 @@ EDGE_TRANSPOSE = {
     "U-Net up k2 s2": _transpose_case((2, 8, 4, 4), (8, 4, 2, 2), stride=2),
     "padding larger than the kernel's reach": _transpose_case((2, 2, 6, 6), (2, 3, 3, 3),
                                                               stride=1, padding=2),
+    "several im2col tiles": _transpose_case((1, 8, 50, 45), (8, 16, 3, 3), stride=2,
+                                            padding=1, output_padding=1),
 }
 
 

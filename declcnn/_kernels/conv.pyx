@@ -13,11 +13,14 @@ convolution), so ``declcnn/ops/conv.py`` calls the same loops for both ops.  Pad
 its top and left sides only: the bottom and right sides are implied by OH and OW, and every tap
 that lands outside the input reads (or writes) nothing.
 
-Per sample × group the work is one GEMM on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW
+Per sample × group the work is a GEMM on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW
 columns) through scipy's single-threaded BLAS, inside ``prange``; a 1×1 stride-1 unpadded conv
-uses x itself as that matrix.  When every output channel reads one input channel (C/g = 1:
-depthwise, with any channel multiplier) direct loops replace the GEMM.  The ops validate, size and
-allocate the outputs; these loops trust them.
+uses x itself as that matrix.  The columns are cut into tiles of whole output rows, about
+``TILE_FLOATS`` entries each, so the im2col scratch stays bounded and a small batch of large
+images still splits over threads (forward and weight gradient; the input gradient of one sample
+stays on one thread, because neighbouring tiles add onto the same input rows).  When every
+output channel reads one input channel (C/g = 1: depthwise, with any channel multiplier) direct
+loops replace the GEMM.  The ops validate, size and allocate the outputs; these loops trust them.
 """
 
 import numpy as np
@@ -35,7 +38,15 @@ cdef struct Geometry:
     Py_ssize_t kh, kw, sh, sw, pt, pl, dh, dw
     Py_ssize_t groups, Cg, Og      # Cg = C / groups, Og = O / groups
     Py_ssize_t K, P                # im2col rows Cg·kh·kw and columns OH·OW
+    Py_ssize_t rows, tiles         # output rows per column tile, tiles per sample × group
     bint pointwise                 # 1×1, stride 1, no padding: x is its own im2col matrix
+
+
+cdef enum:
+    # 1 MB of float32 per im2col tile bounds the scratch and lets one large image split over
+    # threads; smaller tiles measured slower (narrow GEMMs: 64×576×3136 per sample ran 24 ms at
+    # 256 KB tiles, 22.5 ms at 1 MB, 21.6 ms untiled)
+    TILE_FLOATS = 262144
 
 
 cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
@@ -51,6 +62,8 @@ cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, 
     g.P = OH * OW
     g.pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 \
         and OH == H and OW == W
+    g.rows = max(1, min(OH, TILE_FLOATS // max(1, g.K * OW)))
+    g.tiles = (OH + g.rows - 1) // g.rows
     return g
 
 
@@ -85,10 +98,11 @@ cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t s
         hi[0] = lo[0]
 
 
-cdef void _im2col(const floating *x, floating *col, const Geometry *g) noexcept nogil:
-    """col[(c·kh + i)·kw + j, oh·OW + ow] = x[c, oh·sh + i·dh − pt, ow·sw + j·dw − pl], or 0
-    where that pixel is outside the input."""
-    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off
+cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_t oh0,
+                  Py_ssize_t oh1) noexcept nogil:
+    """col[(c·kh + i)·kw + j, (oh − oh0)·OW + ow] = x[c, oh·sh + i·dh − pt, ow·sw + j·dw − pl]
+    for output rows oh0 ≤ oh < oh1, or 0 where that pixel is outside the input."""
+    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
     cdef floating *dst
     cdef const floating *src
     for c in range(g.Cg):
@@ -96,8 +110,8 @@ cdef void _im2col(const floating *x, floating *col, const Geometry *g) noexcept 
             for j in range(g.kw):
                 off = j * g.dw - g.pl
                 _valid_range(off, g.sw, g.W, g.OW, &lo, &hi)
-                for oh in range(g.OH):
-                    dst = col + ((c * g.kh + i) * g.kw + j) * g.P + oh * g.OW
+                for oh in range(oh0, oh1):
+                    dst = col + ((c * g.kh + i) * g.kw + j) * cols + (oh - oh0) * g.OW
                     ih = oh * g.sh + i * g.dh - g.pt
                     if ih < 0 or ih >= g.H:
                         memset(dst, 0, g.OW * sizeof(floating))
@@ -113,9 +127,10 @@ cdef void _im2col(const floating *x, floating *col, const Geometry *g) noexcept 
                     memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
 
 
-cdef void _col2im(const floating *col, floating *x, const Geometry *g) noexcept nogil:
+cdef void _col2im(const floating *col, floating *x, const Geometry *g, Py_ssize_t oh0,
+                  Py_ssize_t oh1) noexcept nogil:
     """The adjoint of ``_im2col``: adds every column entry back onto the pixel it was read from."""
-    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off
+    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
     cdef const floating *src
     cdef floating *dst
     for c in range(g.Cg):
@@ -123,11 +138,11 @@ cdef void _col2im(const floating *col, floating *x, const Geometry *g) noexcept 
             for j in range(g.kw):
                 off = j * g.dw - g.pl
                 _valid_range(off, g.sw, g.W, g.OW, &lo, &hi)
-                for oh in range(g.OH):
+                for oh in range(oh0, oh1):
                     ih = oh * g.sh + i * g.dh - g.pt
                     if ih < 0 or ih >= g.H:
                         continue
-                    src = col + ((c * g.kh + i) * g.kw + j) * g.P + oh * g.OW
+                    src = col + ((c * g.kh + i) * g.kw + j) * cols + (oh - oh0) * g.OW
                     dst = x + (c * g.H + ih) * g.W + off
                     if g.sw == 1:  # a separate loop the compiler can vectorise
                         for ow in range(lo, hi):
@@ -137,18 +152,18 @@ cdef void _col2im(const floating *col, floating *x, const Geometry *g) noexcept 
                             dst[ow * g.sw] += src[ow]
 
 
-cdef inline void _fill_planes(floating *planes, const floating *values, Py_ssize_t count,
-                              Py_ssize_t size, bint has_values) noexcept nogil:
-    """Set ``count`` consecutive planes of ``size`` to values[plane] (or to 0)."""
+cdef inline void _fill_rows(floating *rows, const floating *values, Py_ssize_t count,
+                            Py_ssize_t length, Py_ssize_t ld, bint has_values) noexcept nogil:
+    """Set ``count`` rows of ``length``, ``ld`` apart, to values[row] (or to 0)."""
     cdef Py_ssize_t c, p
     cdef floating v
     for c in range(count):
         if not has_values:
-            memset(planes + c * size, 0, size * sizeof(floating))
+            memset(rows + c * ld, 0, length * sizeof(floating))
             continue
         v = values[c]
-        for p in range(size):
-            planes[c * size + p] = v
+        for p in range(length):
+            rows[c * ld + p] = v
 
 
 cdef inline double _plane_sum(const floating *a, Py_ssize_t size) noexcept nogil:
@@ -256,43 +271,54 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
                                 sh, sw, pt, pl, dh, dw, groups)
     cdef bint has_bias = bias.shape[0] > 0
     cdef bint direct = g.Cg == 1
-    num_threads = _threads_for(num_threads, g.N * g.O if direct else g.N * g.groups)
+    num_threads = _threads_for(num_threads,
+                               g.N * g.O if direct else g.N * g.groups * g.tiles)
     cdef bint use_col = not direct and not g.pointwise
-    cdef floating[:, ::1] cols = np.empty(
-        (num_threads if use_col else 0, g.K * g.P if use_col else 0),
+    cdef Py_ssize_t tile_size = g.K * g.rows * g.OW
+    cdef floating[:, ::1] scratch = np.empty(
+        (num_threads if use_col else 0, tile_size if use_col else 0),
         dtype=np.float32 if floating is float else np.float64)
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef const floating *wp = &w[0, 0, 0, 0]
     cdef const floating *bp = &bias[0] if has_bias else NULL
     cdef floating *yp = &y[0, 0, 0, 0]
-    cdef floating *colp = &cols[0, 0] if use_col else NULL
-    cdef Py_ssize_t it, n, grp, o
+    cdef floating *colp = &scratch[0, 0] if use_col else NULL
+    cdef Py_ssize_t it, n, grp, o, oh0, oh1, cols, ldb
+    cdef const floating *x_group
     cdef const floating *b_mat
-    cdef floating beta
+    cdef floating *y_tile
+    cdef floating one = 1
     with nogil:
         if direct:
             # one output plane per iteration; channel o reads input channel o // Og
             for it in prange(g.N * g.O, schedule='static', num_threads=num_threads):
                 n = it // g.O
                 o = it % g.O
-                _fill_planes(yp + it * g.P, bp + o if has_bias else NULL, 1, g.P, has_bias)
+                _fill_rows(yp + it * g.P, bp + o if has_bias else NULL, 1, g.P, g.P, has_bias)
                 _depthwise_forward_plane(xp + (n * g.C + o // g.Og) * g.H * g.W,
                                          wp + o * g.kh * g.kw, yp + it * g.P, &g)
         else:
-            for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
-                n = it // g.groups
-                grp = it % g.groups
-                b_mat = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+            # one tile of output rows of one sample × group per iteration
+            for it in prange(g.N * g.groups * g.tiles, schedule='static',
+                             num_threads=num_threads):
+                n = it // (g.groups * g.tiles)
+                grp = it // g.tiles % g.groups
+                oh0 = it % g.tiles * g.rows
+                oh1 = min(oh0 + g.rows, g.OH)
+                cols = (oh1 - oh0) * g.OW
+                x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+                y_tile = yp + (n * g.O + grp * g.Og) * g.P + oh0 * g.OW
                 if use_col:
-                    _im2col(b_mat, colp + threadid() * g.K * g.P, &g)
-                    b_mat = colp + threadid() * g.K * g.P
-                beta = 0
-                if has_bias:
-                    _fill_planes(yp + (n * g.O + grp * g.Og) * g.P, bp + grp * g.Og, g.Og, g.P,
-                                 True)
-                    beta = 1
-                _gemm(c'N', c'N', g.Og, g.P, g.K, wp + grp * g.Og * g.K, g.K, b_mat, g.P, beta,
-                      yp + (n * g.O + grp * g.Og) * g.P, g.P)
+                    _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
+                    b_mat = colp + threadid() * tile_size
+                    ldb = cols
+                else:
+                    b_mat = x_group + oh0 * g.OW
+                    ldb = g.P
+                _fill_rows(y_tile, bp + grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
+                           has_bias)
+                _gemm(c'N', c'N', g.Og, cols, g.K, wp + grp * g.Og * g.K, g.K, b_mat, ldb, one,
+                      y_tile, g.P)
 
 
 def conv_backward_data(const floating[:, :, :, ::1] gy not None,
@@ -313,24 +339,26 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
     cdef bint direct = g.Cg == 1
     num_threads = _threads_for(num_threads, g.N * g.C if direct else g.N * g.groups)
     cdef bint use_col = not direct and not g.pointwise
-    cdef floating[:, ::1] cols = np.empty(
-        (num_threads if use_col else 0, g.K * g.P if use_col else 0),
+    cdef Py_ssize_t tile_size = g.K * g.rows * g.OW
+    cdef floating[:, ::1] scratch = np.empty(
+        (num_threads if use_col else 0, tile_size if use_col else 0),
         dtype=np.float32 if floating is float else np.float64)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef const floating *wp = &w[0, 0, 0, 0]
     cdef const floating *ip = &initial[0] if has_initial else NULL
     cdef floating *gxp = &gx[0, 0, 0, 0]
-    cdef floating *colp = &cols[0, 0] if use_col else NULL
-    cdef Py_ssize_t it, n, grp, c, m, HW = g.H * g.W
+    cdef floating *colp = &scratch[0, 0] if use_col else NULL
+    cdef Py_ssize_t it, n, grp, c, m, tile, oh0, oh1, HW = g.H * g.W
+    cdef const floating *gy_group
     cdef floating *gx_group
-    cdef floating beta
+    cdef floating one = 1, zero = 0
     with nogil:
         if direct:
             # input channel c collects from its Og output channels c·Og … c·Og + Og − 1
             for it in prange(g.N * g.C, schedule='static', num_threads=num_threads):
                 n = it // g.C
                 c = it % g.C
-                _fill_planes(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, has_initial)
+                _fill_rows(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, HW, has_initial)
                 for m in range(g.Og):
                     _depthwise_data_plane(gyp + (n * g.O + c * g.Og + m) * g.P,
                                           wp + (c * g.Og + m) * g.kh * g.kw, gxp + it * HW, &g)
@@ -339,18 +367,20 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
                 n = it // g.groups
                 grp = it % g.groups
                 gx_group = gxp + (n * g.C + grp * g.Cg) * HW
-                _fill_planes(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW,
-                             has_initial)
-                if g.pointwise:
-                    beta = 1
-                    _gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K,
-                          gyp + (n * g.O + grp * g.Og) * g.P, g.P, beta, gx_group, g.P)
-                else:
-                    beta = 0
-                    _gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K,
-                          gyp + (n * g.O + grp * g.Og) * g.P, g.P, beta,
-                          colp + threadid() * g.K * g.P, g.P)
-                    _col2im(colp + threadid() * g.K * g.P, gx_group, &g)
+                gy_group = gyp + (n * g.O + grp * g.Og) * g.P
+                _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
+                           has_initial)
+                if g.pointwise:  # gx rows are the GEMM's output rows: accumulate in place
+                    _gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K, gy_group, g.P,
+                          one, gx_group, g.P)
+                    continue
+                for tile in range(g.tiles):
+                    oh0 = tile * g.rows
+                    oh1 = min(oh0 + g.rows, g.OH)
+                    _gemm(c'T', c'N', g.K, (oh1 - oh0) * g.OW, g.Og, wp + grp * g.Og * g.K,
+                          g.K, gy_group + oh0 * g.OW, g.P, zero,
+                          colp + threadid() * tile_size, (oh1 - oh0) * g.OW)
+                    _col2im(colp + threadid() * tile_size, gx_group, &g, oh0, oh1)
 
 
 def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
@@ -368,22 +398,23 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
                                 gy.shape[2], gy.shape[3], gw.shape[2], gw.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
     cdef bint direct = g.Cg == 1
-    num_threads = _threads_for(num_threads, g.O if direct else g.N * g.groups)
+    num_threads = _threads_for(num_threads, g.O if direct else g.N * g.groups * g.tiles)
     cdef bint use_col = not direct and not g.pointwise
     cdef object dtype = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t size = g.O * g.K
-    cdef floating[:, ::1] cols = np.empty(
-        (num_threads if use_col else 0, g.K * g.P if use_col else 0), dtype=dtype)
+    cdef Py_ssize_t size = g.O * g.K, tile_size = g.K * g.rows * g.OW
+    cdef floating[:, ::1] scratch = np.empty(
+        (num_threads if use_col else 0, tile_size if use_col else 0), dtype=dtype)
     cdef floating[:, ::1] partials = np.zeros((0 if direct else num_threads, size), dtype=dtype)
     cdef floating[:, ::1] rows = np.empty(
         (num_threads if direct else 0, g.kh * g.kw * g.OW), dtype=dtype)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *gwp = &gw[0, 0, 0, 0]
-    cdef floating *colp = &cols[0, 0] if use_col else NULL
+    cdef floating *colp = &scratch[0, 0] if use_col else NULL
     cdef floating *partp = NULL if direct else &partials[0, 0]
     cdef floating *rowp = &rows[0, 0] if direct else NULL
-    cdef Py_ssize_t it, n, grp, o, t, e
+    cdef Py_ssize_t it, n, grp, o, t, e, oh0, oh1, cols, ldb
+    cdef const floating *x_group
     cdef const floating *b_mat
     cdef floating one = 1
     cdef double acc
@@ -393,15 +424,24 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
                 _depthwise_weight_channel(gyp, xp, gwp + o * g.kh * g.kw, o,
                                           rowp + threadid() * g.kh * g.kw * g.OW, &g)
         else:
-            for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
-                n = it // g.groups
-                grp = it % g.groups
-                b_mat = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+            for it in prange(g.N * g.groups * g.tiles, schedule='static',
+                             num_threads=num_threads):
+                n = it // (g.groups * g.tiles)
+                grp = it // g.tiles % g.groups
+                oh0 = it % g.tiles * g.rows
+                oh1 = min(oh0 + g.rows, g.OH)
+                cols = (oh1 - oh0) * g.OW
+                x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
                 if use_col:
-                    _im2col(b_mat, colp + threadid() * g.K * g.P, &g)
-                    b_mat = colp + threadid() * g.K * g.P
-                _gemm(c'N', c'T', g.Og, g.K, g.P, gyp + (n * g.O + grp * g.Og) * g.P, g.P,
-                      b_mat, g.P, one, partp + threadid() * size + grp * g.Og * g.K, g.K)
+                    _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
+                    b_mat = colp + threadid() * tile_size
+                    ldb = cols
+                else:
+                    b_mat = x_group + oh0 * g.OW
+                    ldb = g.P
+                _gemm(c'N', c'T', g.Og, g.K, cols, gyp + (n * g.O + grp * g.Og) * g.P
+                      + oh0 * g.OW, g.P, b_mat, ldb, one,
+                      partp + threadid() * size + grp * g.Og * g.K, g.K)
             for e in prange(size, schedule='static', num_threads=num_threads):
                 acc = 0
                 for t in range(num_threads):
