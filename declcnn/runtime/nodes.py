@@ -20,12 +20,11 @@ from . import init as initialisers
 NODE_TYPES: dict[str, type[NodeImpl]] = {}
 
 
-def register(*type_names: str):
-    """Class decorator: the node implementation for the layer types ``type_names``."""
+def register(type_name: str):
+    """Class decorator: the node implementation of the layer type ``type_name``."""
 
     def add(cls):
-        for name in type_names:
-            NODE_TYPES[name] = cls
+        NODE_TYPES[type_name] = cls
         return cls
 
     return add
@@ -367,14 +366,14 @@ class Dropout(NodeImpl):
         if not self.network.training or p == 0:
             self.saved = None
             return x
-        y, mask = activation.dropout(x, p, self.network.dropout_rng)
+        y, mask = norm.dropout(x, p, self.network.dropout_rng)
         self.saved = mask
         return y
 
     def backward(self, grad_y, needs):
         if self.saved is None:
             return [grad_y]
-        return [activation.dropout_backward(grad_y, self.saved, self.config["p"])]
+        return [norm.dropout_backward(grad_y, self.saved, self.config["p"])]
 
 
 @register("batchnorm2d")
