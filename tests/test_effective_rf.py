@@ -17,10 +17,13 @@ output_padding ≤ padding (the output_padding units would otherwise read only p
 
 from __future__ import annotations
 
+import json
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
-from declcnn.errors import SpecError
+from declcnn.errors import DeclcnnError, SpecError
 from declcnn.graph import load_graph
 from declcnn.graph.receptive_field import receptive_field, unit_field
 
@@ -296,3 +299,149 @@ def test_layer_sizes_are_the_extremes_of_unit_fields():
             for axis, extent in enumerate(unit_field(graph, (i, min(i, w - 1)), clip=False)):
                 sizes[axis].append(0 if extent is None else extent[1] - extent[0] + 1)
         assert last.h.size == max(sizes[0]) and last.h.size_min == min(sizes[0])
+
+
+# -- the effective receptive field -----------------------------------------------------------
+
+CONV_SPEC = """
+[network]
+name = "two_convs"
+input = [1, 15, 11]
+
+[[layers]]
+name = "conv1"
+type = "conv2d"
+out_channels = 2
+kernel = 3
+padding = 1
+
+[[layers]]
+name = "pool"
+type = "avgpool2d"
+kernel = 2
+
+[[layers]]
+name = "conv2"
+type = "conv2d"
+out_channels = 3
+kernel = 3
+"""
+
+
+def _network(text, positive=True):
+    from declcnn.runtime import Network
+
+    network = Network(load_graph(text), seed=3)
+    if positive:
+        for value in network.params.values():
+            value[...] = np.abs(value) + 0.1
+    return network
+
+
+def test_erf_of_one_convolution_with_equal_weights():
+    _runtime_or_skip()
+    from declcnn.runtime.effective_rf import effective_receptive_field
+
+    text = CONV_SPEC.split("[[layers]]\nname = \"pool\"")[0]
+    network = _network(text)
+    network.params["conv1.weight"][...] = 1.0
+    result = effective_receptive_field(network, samples=3)
+    # Output 15×11, centre unit (7, 5): every input pixel of rows 6..8, columns 4..6 gets
+    # |∂/∂x| = 2 (one per output channel); a centred 1×1 holds a third of each marginal, so
+    # every mass needs the full 3×3.
+    expected = np.zeros((15, 11))
+    expected[6:9, 4:7] = 2.0
+    np.testing.assert_allclose(result.heat, expected)
+    assert result.unit == (7, 5) and result.field == ((6, 8), (4, 6))
+    assert result.extents == {0.5: (3, 3), 0.9: (3, 3), 0.99: (3, 3)}
+
+
+def test_erf_support_is_the_theoretical_field():
+    _runtime_or_skip()
+    from declcnn.runtime.effective_rf import effective_receptive_field
+
+    network = _network(CONV_SPEC)
+    result = effective_receptive_field(network, samples=4)
+    # conv2's 5×3 output, centre (2, 1): conv2 reads pool 2..4 × 1..3, pool reads conv1
+    # 4..9 × 2..7, conv1 reads pixels 3..10 × 1..8 (8 pixels = rf 3 + 1·2 + 2·... per axis:
+    # 3, pool 4 (j2), conv2 4 + 2·2 = 8).
+    assert bounding_box(result.heat > 0) == ((3, 10), (1, 8))
+    assert result.field == ((3, 10), (1, 8)) and result.theory.rf == (8, 8)
+    assert result.centre == (Fraction(13, 2), Fraction(9, 2))
+
+
+def test_erf_of_an_inner_layer_uses_the_networks_parameters():
+    _runtime_or_skip()
+    from declcnn.runtime.effective_rf import effective_receptive_field
+
+    network = _network(CONV_SPEC)
+    network.params["conv1.weight"][...] = 0.0
+    network.params["conv1.weight"][:, :, 1, 1] = 1.0  # conv1 is the identity, twice
+    result = effective_receptive_field(network, "conv1", samples=2)
+    assert result.unit == (7, 5)
+    expected = np.zeros((15, 11))
+    expected[7, 5] = 1.0  # one of the two channels' unit gradient reaches each of them
+    np.testing.assert_allclose(result.heat, 2 * expected)
+    assert result.extents[0.99] == (1, 1)
+
+
+def test_erf_of_a_flat_output_is_the_mean_and_of_dead_weights_is_noted():
+    _runtime_or_skip()
+    from declcnn.runtime.effective_rf import effective_receptive_field
+
+    text = CONV_SPEC + '\n[[layers]]\nname = "flat"\ntype = "flatten"\n'
+    network = _network(text)
+    result = effective_receptive_field(network, samples=2)
+    assert result.unit is None and result.field == ((-1, 14), (-1, 10))
+    # The pool drops conv1's row 14, but its row 13 reads pixel 14: the whole image.
+    assert bounding_box(result.heat > 0) == ((0, 14), (0, 10))
+    for value in network.params.values():
+        value[...] = 0.0
+    result = effective_receptive_field(network, samples=2)
+    assert result.extents[0.5] == (0, 0)
+    assert result.notes == ["the gradient is zero everywhere (dead ReLUs or zero weights?); no "
+                            "extent can be measured."]
+    with pytest.raises(DeclcnnError, match="samples must be an integer ≥ 1; got 0."):
+        effective_receptive_field(network, samples=0)
+
+
+def test_cli_erf_json_and_png(tmp_path):
+    _runtime_or_skip()
+    from click.testing import CliRunner
+
+    from declcnn.cli import main
+
+    spec = tmp_path / "two_convs.toml"
+    spec.write_text(CONV_SPEC)
+    png = tmp_path / "erf.png"
+    result = CliRunner().invoke(main, ["rf", str(spec), "--erf", "--samples", "3", "--json",
+                                       "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["layer"] == "conv2" and report["unit"] == [2, 1] and report["rf"] == [8, 8]
+    assert report["field"] == [[3, 10], [1, 8]] and set(report["extents"]) == {"0.5", "0.9",
+                                                                             "0.99"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_erf_with_weights(tmp_path):
+    _runtime_or_skip()
+    from click.testing import CliRunner
+
+    from declcnn.cli import main
+
+    checkpoints = pytest.importorskip("declcnn.train.checkpoint")
+    spec = tmp_path / "two_convs.toml"
+    spec.write_text(CONV_SPEC)
+    Checkpoint, save_checkpoint = checkpoints.Checkpoint, checkpoints.save_checkpoint
+    state = _network(CONV_SPEC).state_dict()
+    weights = tmp_path / "zero.npz"
+    save_checkpoint(weights, Checkpoint({k: np.zeros_like(v) for k, v in state.items()}, {}))
+    result = CliRunner().invoke(main, ["rf", str(spec), "--erf", "--weights", str(weights),
+                                       "--samples", "2"])
+    assert result.exit_code == 0, result.output
+    assert "warning: the gradient is zero everywhere" in result.output
+    save_checkpoint(weights, Checkpoint({"conv1.weight": np.zeros((1, 1, 1, 1))}, {}))
+    result = CliRunner().invoke(main, ["rf", str(spec), "--erf", "--weights", str(weights)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {weights}: network 'two_convs'")

@@ -166,10 +166,15 @@ def save_heat_map(result: EffectiveField, path) -> None:
     figure, axes = plt.subplots(figsize=(6, 5.5))
     image = axes.imshow(result.heat, cmap="magma", interpolation="nearest")
     figure.colorbar(image, ax=axes, label="mean |∂ output / ∂ input|")
+    height, width = result.heat.shape
     (top, bottom), (left, right) = result.field
+    label = f"theoretical {bottom - top + 1}×{right - left + 1}"
+    if top < 0 or left < 0 or bottom >= height or right >= width:
+        label += " (clipped to the image)"
+    top, left = max(top, 0), max(left, 0)
+    bottom, right = min(bottom, height - 1), min(right, width - 1)
     axes.add_patch(Rectangle((left - 0.5, top - 0.5), right - left + 1, bottom - top + 1,
-                             fill=False, edgecolor="cyan", linewidth=1.5,
-                             label=f"theoretical {bottom - top + 1}×{right - left + 1}"))
+                             fill=False, edgecolor="cyan", linewidth=1.5, label=label))
     styles = {0.5: ":", 0.9: "--", 0.99: "-."}
     ch, cw = (float(c) for c in result.centre)
     for mass, (h, w) in result.extents.items():
@@ -177,7 +182,6 @@ def save_heat_map(result: EffectiveField, path) -> None:
             axes.add_patch(Rectangle((cw - w / 2, ch - h / 2), w, h, fill=False,
                                      edgecolor="white", linestyle=styles.get(mass, "--"),
                                      label=f"{mass:.0%} of the gradient: {h}×{w}"))
-    height, width = result.heat.shape
     axes.set_xlim(-0.5, width - 0.5)
     axes.set_ylim(height - 0.5, -0.5)
     unit = "mean of the outputs" if result.unit is None else f"unit {result.unit}"
