@@ -118,6 +118,22 @@ def _transpose_args(case):
 # PyTorch as the oracle
 
 
+@pytest.fixture(autouse=True, scope="module")
+def torch_on_one_thread():
+    """The oracle runs on one thread: its pool and the kernels' OpenMP threads (which spin a
+    while after each parallel loop) would otherwise fight over the cores, making these tiny
+    cases up to 100× slower."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _torch_conv2d(torch, xt, wt, bt, case):
     padding = case["padding"]
     if isinstance(padding, tuple) and isinstance(padding[0], tuple):
@@ -560,18 +576,20 @@ def restore_threads():
 
 
 def _backward_both(threads):
+    """Every gradient of both ops on each kernel path, large enough (over 2¹⁸ multiply-adds)
+    that the ops really use ``threads`` threads."""
     declcnn.set_num_threads(threads)
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((5, 6, 11, 10)).astype(np.float32)
+    x = rng.standard_normal((4, 16, 24, 23)).astype(np.float32)
     results = []
-    for w, groups in ((rng.standard_normal((8, 3, 3, 3)), 2),     # im2col + GEMM
-                      (rng.standard_normal((12, 1, 3, 3)), 6),    # depthwise
-                      (rng.standard_normal((8, 6, 1, 1)), 1)):    # pointwise
+    for w, groups in ((rng.standard_normal((16, 8, 3, 3)), 2),     # im2col + GEMM
+                      (rng.standard_normal((32, 1, 3, 3)), 16),    # depthwise
+                      (rng.standard_normal((16, 16, 1, 1)), 1)):   # pointwise
         w = w.astype(np.float32)
-        gy = rng.standard_normal((5, w.shape[0], 11, 10)).astype(np.float32)
+        gy = rng.standard_normal((4, w.shape[0], 24, 23)).astype(np.float32)
         pad = w.shape[2] // 2
         results += conv2d_backward(gy, x, w, padding=pad, groups=groups)
-        # the same weight read as a transposed conv's maps the O channels of gy back to 6
+        # the same weight read as a transposed conv's maps the O channels of gy back to 16
         gyt = rng.standard_normal(x.shape).astype(np.float32)
         results += conv_transpose2d_backward(gyt, gy, w, padding=pad, groups=groups)
     return results

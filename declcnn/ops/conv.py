@@ -26,6 +26,10 @@ from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kern
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
+# Calls with fewer multiply-adds than this run on one thread: waking a second thread costs more
+# than it saves (tens of microseconds, more on a loaded machine), and small layers are common.
+_PARALLEL_MIN_MACS = 1 << 18
+
 
 @dataclass(frozen=True)
 class _ConvView:
@@ -40,6 +44,12 @@ class _ConvView:
 
     def kernel_args(self) -> tuple[int, ...]:
         return (*self.stride, *self.pad_top_left, *self.dilation, self.groups)
+
+    def num_threads(self, weight: np.ndarray) -> int:
+        """The configured thread count, or 1 for a call too small to share."""
+        N, _, OH, OW = self.output_shape
+        small = N * OH * OW * weight.size < _PARALLEL_MIN_MACS
+        return 1 if small else get_num_threads()
 
 
 def _is_int(value) -> bool:
@@ -280,7 +290,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=
     b = _bias(bias, view.output_shape[1], x.dtype, "conv2d")
     y = _output(out, view.output_shape, x.dtype, "conv2d")
     if y.size:
-        _kernels.conv_forward(x, w, b, y, *view.kernel_args(), get_num_threads())
+        _kernels.conv_forward(x, w, b, y, *view.kernel_args(), view.num_threads(w))
     return y
 
 
@@ -325,7 +335,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     b = _bias(bias, view.input_shape[1], x.dtype, op)
     y = _output(out, view.input_shape, x.dtype, op)
     if y.size:
-        _kernels.conv_backward_data(x, w, b, y, *view.kernel_args(), get_num_threads())
+        _kernels.conv_backward_data(x, w, b, y, *view.kernel_args(), view.num_threads(w))
     return y
 
 
@@ -350,7 +360,7 @@ def _backward(gy, x, w, view: _ConvView, needs_input_grad: bool, has_bias: bool,
               transposed: bool):
     """The three gradients on the conv view; a transposed conv's gy and x are the view's input
     and output gradient respectively, so the roles of the primitives swap."""
-    threads = get_num_threads()
+    threads = view.num_threads(w)
     args = view.kernel_args()
     view_input, view_grad = (gy, x) if transposed else (x, gy)
     gx = np.empty(x.shape, dtype=x.dtype) if needs_input_grad else None
