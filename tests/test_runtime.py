@@ -250,10 +250,14 @@ def test_node_matches_torch(case, training):
     compare_with_torch(net, x, training, what=case)
 
 
-def test_every_layer_type_has_a_case():
-    """Each type the graph can hold (conveniences expand into conv2d) is exercised above."""
+def test_every_layer_type_has_a_node_and_a_case():
+    """Each type the graph can hold (conveniences expand into conv2d) runs, and is exercised
+    above."""
+    from declcnn.graph import LAYER_TYPES
     from declcnn.runtime.nodes import NODE_TYPES
 
+    conveniences = {"pointwise", "depthwise", "separable_conv2d"}
+    assert set(LAYER_TYPES) - conveniences == set(NODE_TYPES)
     covered = {node.type for shape, layers in CASES.values()
                for node in loads(spec(shape, *layers)).graph.nodes}
     assert covered == set(NODE_TYPES)
@@ -383,10 +387,12 @@ def test_load_state_dict_names_the_mismatch():
     with pytest.raises(CheckpointError) as err:
         net.load_state_dict(state)
     assert str(err.value) == (
-        "network 't': the checkpoint does not fit the network's parameters: missing 1 the "
-        "network has: 'bn.running_var'; 1 the network does not have: 'bn.num_batches_tracked'. "
-        "It was saved from a different spec: load it into the network built from that spec, or "
-        "retrain with this one.")
+        "network 't': the checkpoint does not fit the network: 1 entry of the network's missing "
+        "from it ('bn.running_var') and 1 entry in it that the network lacks "
+        "('bn.num_batches_tracked'). It was saved from a different spec: load it into the "
+        "network built from that spec, or retrain with this one.")
+    with pytest.raises(CheckpointError, match="needs a mapping of parameter names to arrays"):
+        net.load_state_dict([1, 2])
     state = net.state_dict()
     state["fc.weight"] = np.full((4, 27), "x")
     with pytest.raises(CheckpointError, match="parameter 'fc.weight' is stored as <U1, not "

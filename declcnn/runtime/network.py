@@ -15,6 +15,8 @@ by assigning new arrays to its keys: nodes look their parameters up on every cal
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ..errors import CheckpointError, DeclcnnError, ShapeError
@@ -82,19 +84,25 @@ class Network:
         are converted to the network's dtype.
         """
         where = self._where()
+        if not isinstance(state, Mapping):
+            raise CheckpointError(
+                f"{where}: load_state_dict needs a mapping of parameter names to arrays (as "
+                f"state_dict() returns); got {type(state).__name__}."
+            )
         expected = {**self.params, **self.buffers}
         missing = [name for name in expected if name not in state]
         unexpected = [name for name in state if name not in expected]
         if missing or unexpected:
             parts = []
             if missing:
-                parts.append(f"missing {len(missing)} the network has: {_names(missing)}")
+                parts.append(f"{_count(missing)} of the network's missing from it "
+                             f"({_names(missing)})")
             if unexpected:
-                parts.append(f"{len(unexpected)} the network does not have: "
-                             f"{_names(unexpected)}")
+                parts.append(f"{_count(unexpected)} in it that the network lacks "
+                             f"({_names(unexpected)})")
             raise CheckpointError(
-                f"{where}: the checkpoint does not fit the network's parameters: "
-                f"{'; '.join(parts)}. It was saved from a different spec: load it into the "
+                f"{where}: the checkpoint does not fit the network: "
+                f"{' and '.join(parts)}. It was saved from a different spec: load it into the "
                 f"network built from that spec, or retrain with this one."
             )
         arrays = {}
@@ -228,6 +236,10 @@ class Network:
                     grads[name] = grads[name] + grad
                     owned.add(name)
         return grads.get(Graph.INPUT) if input_grad else None
+
+
+def _count(names: list[str]) -> str:
+    return f"{len(names)} entr{'y' if len(names) == 1 else 'ies'}"
 
 
 def _names(names: list[str], limit: int = 5) -> str:
