@@ -179,6 +179,8 @@ class Linear(_WeightedNode):
 
 @register("maxpool2d")
 class MaxPool2d(NodeImpl):
+    """Window maxima; backward routes each gradient to its window's winner (saved indices)."""
+
     def forward(self, xs):
         (x,) = xs
         c = self.config
@@ -194,6 +196,8 @@ class MaxPool2d(NodeImpl):
 
 @register("avgpool2d")
 class AvgPool2d(NodeImpl):
+    """Window means; backward spreads each gradient over its window (only the shape is kept)."""
+
     def _window(self):
         c = self.config
         return c["kernel"], c["stride"], c["padding"], c["ceil_mode"], c["count_include_pad"]
