@@ -430,7 +430,7 @@ def test_cli_erf_with_weights(tmp_path):
 
     from declcnn.cli import main
 
-    checkpoints = pytest.importorskip("declcnn.train.checkpoint")
+    checkpoints = pytest.importorskip("declcnn.train.checkpoint", exc_type=ImportError)
     spec = tmp_path / "two_convs.toml"
     spec.write_text(CONV_SPEC)
     Checkpoint, save_checkpoint = checkpoints.Checkpoint, checkpoints.save_checkpoint
