@@ -4,7 +4,8 @@
                                      [--cases a,c,i]
 
 Every case runs forward, and forward + backward, for declcnn and (when installed) PyTorch at the
-same thread count; a time is the median of ``--repeats`` runs after ``--warmup`` runs.  One table
+same thread count; a time is the median of ``--repeats`` timed runs after ``--warmup`` runs
+(see ``median_ms`` for how the runs are interleaved).  One table
 per thread count.  FLOPs follow the suite's ``_doc``: conv 2·N·O·OH·OW·(C/groups)·kh·kw, a
 transposed conv as its adjoint conv, backward 2× forward; pooling has no FLOP count ("-").
 """
@@ -34,8 +35,12 @@ except ImportError:  # the table then has declcnn's columns only
 
 
 def median_ms(runners, repeats: int, warmup: int) -> list[float | None]:
-    """Median wall time of each runner (None stays None), in ms.  The runners take turns within
-    every repeat, so load from other processes falls on all of them alike."""
+    """Median wall time of each runner (None stays None), in ms.
+
+    The runners take turns within every repeat, so load from other processes falls on all of
+    them alike; each timed run follows an untimed run of the same runner, so the other
+    library's idle OpenMP threads have stopped spinning and this runner's threads are awake.
+    """
     live = [run for run in runners if run is not None]
     for _ in range(warmup):
         for run in live:
@@ -43,6 +48,7 @@ def median_ms(runners, repeats: int, warmup: int) -> list[float | None]:
     times: dict[int, list[float]] = {id(run): [] for run in live}
     for _ in range(repeats):
         for run in live:
+            run()
             start = time.perf_counter()
             run()
             times[id(run)].append(time.perf_counter() - start)
