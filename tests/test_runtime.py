@@ -522,6 +522,19 @@ def test_backward_frees_saved_state():
     assert all(impl.saved is None for impl in net._nodes)
 
 
+def test_outputs_yields_every_layer_and_keeps_no_state():
+    net = loads(BN_NET).eval()
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5)).astype(np.float32)
+    named = [(node.name, y) for node, y in net.outputs(x)]
+    assert [name for name, _ in named] == ["c", "bn", "f", "fc"]
+    assert named[1][1].shape == (2, 3, 3, 3)
+    assert_close(named[-1][1], net.forward(x), "last output is forward's")
+    list(net.outputs(x))
+    assert all(impl.saved is None for impl in net._nodes)
+    with pytest.raises(DeclcnnError, match="there is none"):
+        net.backward(np.ones((2, 4), np.float32))
+
+
 def test_unknown_node_type_lists_known_ones():
     node = Node("odd", "mystery", {}, ["input"], [(3,)], (3,))
     with pytest.raises(DeclcnnError, match="layer 'odd' has type 'mystery', which the runtime "

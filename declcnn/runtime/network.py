@@ -15,12 +15,12 @@ by assigning new arrays to its keys: nodes look their parameters up on every cal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
 from ..errors import CheckpointError, DeclcnnError, ShapeError
-from ..graph.graph import Graph
+from ..graph.graph import Graph, Node
 from ..graph.summary import format_summary
 from .nodes import make_node
 
@@ -178,6 +178,19 @@ class Network:
         output = values[self.graph.output.name]
         self._output_shape = output.shape
         return output
+
+    def outputs(self, x: np.ndarray) -> Iterator[tuple[Node, np.ndarray]]:
+        """Run ``x`` node by node, yielding each graph node with its output, for inspection
+        (the first non-finite layer, feature maps).  Runs in the current mode, as
+        :meth:`forward` (in training, batch norm updates its running statistics), and keeps
+        every output but no state for backward."""
+        values = {Graph.INPUT: self._check_input(x)}
+        self._output_shape = None
+        for impl in self._nodes:
+            node = impl.node
+            values[node.name] = impl.forward([values[name] for name in node.inputs])
+            impl.release()
+            yield node, values[node.name]
 
     def _requires(self, input_grad: bool) -> dict[str, bool]:
         """Per tensor: does its gradient reach a parameter (or the input when asked)?"""
