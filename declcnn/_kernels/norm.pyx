@@ -85,22 +85,25 @@ def channel_stats(const floating[:, :, ::1] x not None, double[::1] mean not Non
 
 
 def channel_affine(const floating[:, :, ::1] x not None, floating[:, :, ::1] y not None,
-                   const double[::1] scale not None, const double[::1] shift not None,
-                   int threads):
-    """y[n, c] = x[n, c]·scale[c] + shift[c]."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], plane, p
+                   const double[::1] centre not None, const double[::1] scale not None,
+                   const double[::1] shift not None, int threads):
+    """y[n, c] = (x[n, c] − centre[c])·scale[c] + shift[c], in double: x − centre in float32
+    would lose the digits of a channel whose mean is large next to its spread."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], plane, p, c
     cdef const floating *src
     cdef floating *dst
-    cdef floating a, b
+    cdef double m, a, b
     with nogil:
         for plane in prange(N * C, schedule='static',
                             num_threads=_threads_for(threads, N * C)):
-            a = <floating> scale[plane % C]
-            b = <floating> shift[plane % C]
+            c = plane % C
+            m = centre[c]
+            a = scale[c]
+            b = shift[c]
             src = &x[0, 0, 0] + plane * S
             dst = &y[0, 0, 0] + plane * S
             for p in range(S):
-                dst[p] = src[p] * a + b
+                dst[p] = <floating> ((src[p] - m) * a + b)
 
 
 def channel_grad_sums(const floating[:, :, ::1] grad_y not None,
@@ -128,22 +131,22 @@ def channel_grad_input(const floating[:, :, ::1] grad_y not None,
                        const floating[:, :, ::1] x not None, floating[:, :, ::1] grad_x not None,
                        const double[::1] centre not None, const double[::1] a not None,
                        const double[::1] b not None, const double[::1] d not None, int threads):
-    """gx[n, c] = gy[n, c]·a[c] + (x[n, c] − centre[c])·b[c] + d[c]."""
+    """gx[n, c] = gy[n, c]·a[c] + (x[n, c] − centre[c])·b[c] + d[c], in double as above."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], plane, p, c
     cdef const floating *gy
     cdef const floating *xs
     cdef floating *gx
-    cdef floating ac, bc, dc, mc
+    cdef double ac, bc, dc, mc
     with nogil:
         for plane in prange(N * C, schedule='static',
                             num_threads=_threads_for(threads, N * C)):
             c = plane % C
-            ac = <floating> a[c]
-            bc = <floating> b[c]
-            dc = <floating> d[c]
-            mc = <floating> centre[c]
+            ac = a[c]
+            bc = b[c]
+            dc = d[c]
+            mc = centre[c]
             gy = &grad_y[0, 0, 0] + plane * S
             xs = &x[0, 0, 0] + plane * S
             gx = &grad_x[0, 0, 0] + plane * S
             for p in range(S):
-                gx[p] = gy[p] * ac + (xs[p] - mc) * bc + dc
+                gx[p] = <floating> (gy[p] * ac + (xs[p] - mc) * bc + dc)

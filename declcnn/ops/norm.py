@@ -104,8 +104,8 @@ def batch_norm2d(x, weight, bias, running_mean, running_var, training, momentum=
         mean = rm.astype(np.float64)
         var = rv.astype(np.float64)
     invstd = 1 / np.sqrt(var + eps)
-    scale = w * invstd
-    _kernels.channel_affine(x.reshape(view), y.reshape(view), scale, b - mean * scale, threads)
+    _kernels.channel_affine(x.reshape(view), y.reshape(view), mean, w * invstd,
+                            b.astype(np.float64), threads)
     return y, BatchNormSaved(x, w, mean, invstd, training)
 
 
