@@ -36,10 +36,11 @@ def _sides(padding):
     return padding
 
 
-def _random_conv_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_extra=6):
+def _random_conv_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_extra=6,
+                      depthwise_stride1=False):
     """A valid conv2d configuration: channels, groups dividing both, every padding form."""
     rng = np.random.default_rng(seed)
-    if rng.random() < 0.15:  # depthwise, channel multiplier 1 or 2
+    if depthwise_stride1 or rng.random() < 0.15:  # depthwise, channel multiplier 1 or 2
         C = int(rng.integers(1, max_channels // 2 + 1))
         groups, O = C, C * int(rng.integers(1, 3))
     else:
@@ -47,7 +48,7 @@ def _random_conv_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_e
         C = groups * int(rng.integers(1, max_channels // groups + 1))
         O = groups * int(rng.integers(1, max_channels // groups + 1))
     kernel = tuple(int(k) for k in rng.integers(1, max_kernel + 1, size=2))
-    stride = tuple(int(s) for s in rng.integers(1, 4, size=2))
+    stride = (1, 1) if depthwise_stride1 else tuple(int(s) for s in rng.integers(1, 4, size=2))
     dilation = tuple(int(d) for d in rng.integers(1, max_dilation + 1, size=2))
     form = int(rng.integers(5))
     pads = [int(p) for p in rng.integers(0, 4, size=4)]
@@ -67,14 +68,16 @@ def _random_conv_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_e
                 stride=stride, padding=padding, dilation=dilation, groups=groups)
 
 
-def _random_transpose_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_size=6):
-    """A valid conv_transpose2d configuration, output_padding anywhere below its limit."""
+def _random_transpose_case(seed, max_channels=16, max_kernel=7, max_dilation=3, max_size=6,
+                           depthwise_stride1=False):
+    """A valid conv_transpose2d configuration, output_padding anywhere below its limit;
+    ``depthwise_stride1``: one output channel per group, stride 1."""
     rng = np.random.default_rng(seed)
     groups = int(rng.choice([1, 1, 1, 2, 3, 4]))
     C = groups * int(rng.integers(1, max_channels // groups + 1))
-    O = groups * int(rng.integers(1, max_channels // groups + 1))
+    O = groups if depthwise_stride1 else groups * int(rng.integers(1, max_channels // groups + 1))
     kernel = tuple(int(k) for k in rng.integers(1, max_kernel + 1, size=2))
-    stride = tuple(int(s) for s in rng.integers(1, 4, size=2))
+    stride = (1, 1) if depthwise_stride1 else tuple(int(s) for s in rng.integers(1, 4, size=2))
     dilation = tuple(int(d) for d in rng.integers(1, max_dilation + 1, size=2))
     pads = tuple(int(p) for p in rng.integers(0, 4, size=2))
     padding = pads[0] if rng.random() < 0.5 else pads
@@ -200,6 +203,15 @@ def test_conv_transpose2d_matches_torch(seed):
     check_conv_transpose2d_against_torch(_random_transpose_case(seed), seed)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_depthwise_stride1_matches_torch(seed):
+    """Stride-1 convs whose output channels each read one input channel take their own loops
+    (a flattened padded plane), which the main sweeps reach only a few times."""
+    check_conv2d_against_torch(_random_conv_case(2000 + seed, depthwise_stride1=True), seed)
+    check_conv_transpose2d_against_torch(
+        _random_transpose_case(2000 + seed, depthwise_stride1=True), seed)
+
+
 # ---------------------------------------------------------------------------------------------
 # the fast kernels against the numpy twins (no torch needed)
 
@@ -256,7 +268,8 @@ def test_conv_transpose2d_matches_naive_twin(seed, dtype):
 
 
 # ---------------------------------------------------------------------------------------------
-# finite differences in float64: one case per kernel path (im2col, 1×1, depthwise)
+# finite differences in float64: one case per kernel path (im2col, 1×1, depthwise strided, and
+# depthwise stride 1 on a flattened padded plane)
 
 GRADCHECK_CONV = [
     dict(x_shape=(2, 4, 7, 6), w_shape=(6, 2, 3, 2), bias=True, stride=(2, 1),
@@ -265,6 +278,8 @@ GRADCHECK_CONV = [
          dilation=1, groups=1),
     dict(x_shape=(2, 3, 6, 5), w_shape=(6, 1, 3, 3), bias=True, stride=2, padding=1,
          dilation=1, groups=3),
+    dict(x_shape=(2, 3, 7, 6), w_shape=(6, 1, 3, 2), bias=True, stride=1,
+         padding=((2, 0), (1, 2)), dilation=(2, 1), groups=3),
 ]
 
 GRADCHECK_TRANSPOSE = [
@@ -274,10 +289,15 @@ GRADCHECK_TRANSPOSE = [
          output_padding=0, dilation=1, groups=2),
     dict(x_shape=(2, 4, 3, 3), w_shape=(4, 1, 4, 4), bias=True, stride=2, padding=1,
          output_padding=1, dilation=1, groups=2),
+    dict(x_shape=(2, 4, 4, 3), w_shape=(4, 1, 3, 2), bias=True, stride=1, padding=(1, 0),
+         output_padding=(1, 0), dilation=(2, 1), groups=4),
 ]
 
 
-@pytest.mark.parametrize("case", GRADCHECK_CONV, ids=["im2col", "pointwise", "depthwise"])
+GRADCHECK_IDS = ["im2col", "pointwise", "depthwise strided", "depthwise flat"]
+
+
+@pytest.mark.parametrize("case", GRADCHECK_CONV, ids=GRADCHECK_IDS)
 def test_conv2d_gradcheck(case):
     _, x, w, b = _arrays(case, 0, np.float64)
     args = _conv_args(case)
@@ -286,7 +306,7 @@ def test_conv2d_gradcheck(case):
                   lambda gy, x, w, b: list(conv2d_backward(gy, x, w, **args)), seed=seed)
 
 
-@pytest.mark.parametrize("case", GRADCHECK_TRANSPOSE, ids=["im2col", "pointwise", "depthwise"])
+@pytest.mark.parametrize("case", GRADCHECK_TRANSPOSE, ids=GRADCHECK_IDS)
 def test_conv_transpose2d_gradcheck(case):
     _, x, w, b = _arrays(case, 0, np.float64, transposed=True)
     args = _transpose_args(case)
