@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import functional
 from ..errors import DataError, DeclcnnError, TrainingError
 from ..graph import load_graph
+from ..ops.activation import softmax
 from ..runtime import Network
 from ..threads import get_num_threads, set_num_threads
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -96,12 +96,8 @@ def first_non_finite(network: Network, x: np.ndarray) -> str:
     if bad_params:
         shown = ", ".join(f"'{n}'" for n in bad_params[:4])
         return f"the parameters {shown} are already not finite (the previous update overflowed)"
-    values = {"input": np.ascontiguousarray(x, dtype=network.dtype)}
-    for impl in network._nodes:  # Network runs this loop too; here every output is inspected.
-        node = impl.node
-        values[node.name] = impl.forward([values[name] for name in node.inputs])
-        impl.release()
-        if not np.isfinite(values[node.name]).all():
+    for node, output in network.outputs(x):
+        if not np.isfinite(output).all():
             return f"the first layer whose output is not finite is '{node.name}' ({node.type})"
     return "every layer's output is finite, so the loss itself overflowed"
 
@@ -405,7 +401,7 @@ def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
     # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
     batch = np.concatenate([normalizer(_read_input(p, network.graph.input_shape)[None])
                             for p in paths])
-    probabilities = functional.softmax(network.forward(batch), axis=1)
+    probabilities = softmax(network.forward(batch), axis=1)
 
     def name(index: int) -> str:
         return classes[index] if index < len(classes) else str(index)
