@@ -21,7 +21,8 @@ images still splits over threads (forward and weight gradient; the input gradien
 stays on one thread, because neighbouring tiles add onto the same input rows).  When every
 output channel reads one input channel (C/g = 1: depthwise, with any channel multiplier) direct
 loops replace the GEMM: with stride 1 over a zero-padded copy of the plane, flattened so each tap
-is one long vectorisable loop (``Flat``); otherwise row by row over the taps that hit the input.  The ops validate, size and allocate the outputs; these loops trust them.
+is one long vectorisable loop (``Flat``); otherwise row by row over the taps that hit the input.
+The ops validate, size and allocate the outputs; these loops trust them.
 """
 
 import numpy as np
