@@ -9,6 +9,7 @@ def plot_history(history: list[dict], path) -> Path:
     """Loss and accuracy per epoch, training and validation, side by side, saved at ``path``."""
     # A bare Figure renders PNG through Agg without touching pyplot's global backend.
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [record["epoch"] for record in history]
     figure = Figure(figsize=(9, 3.6), layout="constrained")
@@ -19,6 +20,7 @@ def plot_history(history: list[dict], path) -> Path:
             if any(v is not None for v in values):
                 axes.plot(epochs, values, marker="o", label=split)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)
         axes.grid(alpha=0.3)
         axes.legend()
