@@ -15,7 +15,7 @@ by assigning new arrays to its keys: nodes look their parameters up on every cal
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from ..graph.summary import format_summary
 from .nodes import make_node
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+NodeCall = Callable[..., object]
+"""``around(node, run, *args)`` runs one node's step as ``run(*args)`` and returns its result."""
 
 
 def _shape_text(shape) -> str:
@@ -158,18 +161,21 @@ class Network:
             )
         return np.ascontiguousarray(x, dtype=self.dtype)
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray, *, around: NodeCall | None = None) -> np.ndarray:
         """Run the network on a batch ``x`` of shape ``(N, *graph.input_shape)``.
 
         Each node keeps what its backward needs until :meth:`backward`; an intermediate
-        activation is dropped as soon as its last reader has run.
+        activation is dropped as soon as its last reader has run.  ``around``, when given, runs
+        every node's forward as ``around(node, run, xs)`` and must return ``run(xs)`` (a
+        profiler times each call; ``runtime/profile.py``).
         """
         values = {Graph.INPUT: self._check_input(x)}
         self._output_shape = None  # a forward that fails part-way leaves nothing to backward
         remaining = dict(self._readers)
         for impl in self._nodes:
             node = impl.node
-            y = impl.forward([values[name] for name in node.inputs])
+            xs = [values[name] for name in node.inputs]
+            y = impl.forward(xs) if around is None else around(node, impl.forward, xs)
             for name in node.inputs:
                 remaining[name] -= 1
                 if remaining[name] == 0:
@@ -202,13 +208,16 @@ class Network:
             self._requires_grad[input_grad] = requires
         return self._requires_grad[input_grad]
 
-    def backward(self, grad_out: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+    def backward(self, grad_out: np.ndarray, input_grad: bool = True, *,
+                 around: NodeCall | None = None) -> np.ndarray | None:
         """Backpropagate ``grad_out`` (∂loss/∂output) from the last :meth:`forward`.
 
         Adds every parameter's gradient into ``grads``; returns ∂loss/∂input, or None with
         ``input_grad=False`` (then no layer computes a gradient nobody needs).  Where a tensor
         feeds several layers, their gradients are summed.  A forward's saved state is freed
-        node by node, so one forward allows one backward.
+        node by node, so one forward allows one backward.  ``around`` is as in
+        :meth:`forward`, called as ``around(node, run, grad_y, needs)`` for each node whose
+        backward runs (a node no gradient passes through is skipped).
         """
         if self._output_shape is None:
             raise DeclcnnError(
@@ -234,7 +243,8 @@ class Network:
                 impl.release()
                 continue
             needs = [requires[name] for name in node.inputs]
-            grad_inputs = impl.backward(grad_y, needs)
+            grad_inputs = (impl.backward(grad_y, needs) if around is None
+                           else around(node, impl.backward, grad_y, needs))
             impl.release()
             for name, need, grad in zip(node.inputs, needs, grad_inputs, strict=True):
                 if not need:
