@@ -224,7 +224,7 @@ def test_error_messages():
         A.relu(np.array([1, 2]))
     with pytest.raises(ShapeError, match=r"^sigmoid: out must be a writeable C-contiguous "
                        r"float32 array of shape \[2, 3\]; got a float32 array of shape "
-                       r"\[3, 2\]\.$"):
+                       r"\[3, 2\]\. Pass None to let sigmoid allocate it\.$"):
         A.sigmoid(x, out=np.zeros((3, 2), np.float32))
     with pytest.raises(ShapeError, match=r"not C-contiguous"):
         A.tanh(x, out=np.zeros((3, 2), np.float32).T)

@@ -448,8 +448,7 @@ def _f32(*shape):
 
 INVALID = [
     ("input 2-D", lambda: conv2d(_f32(8, 8), _f32(4, 3, 3, 3)),
-     "conv2d: input must be 4-D (N, C, H, W); got 2-D input of shape [8, 8]. Add a batch axis "
-     "with x[None] for a single image.", True),
+     "conv2d: input must be 4-D (N, C, H, W); got 2-D input of shape [8, 8].", True),
     ("weight 3-D", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3)),
      "conv2d: weight must be 4-D (out_channels, in_channels/groups, kh, kw); got 3-D weight of "
      "shape [4, 3, 3].", True),
@@ -486,8 +485,8 @@ INVALID = [
      "conv2d: the output would be 5×0 pixels, less than 1: width (input 2 + padding 1+1 − "
      "dilated kernel 5) // stride 1 + 1 = 0.", True),
     ("integer input", lambda: conv2d(np.ones((1, 3, 8, 8), np.int64), _f32(4, 3, 3, 3)),
-     "conv2d: input must be float32 or float64; got dtype int64. Convert it with "
-     "input.astype(np.float32).", True),
+     "conv2d: input must be a float32 numpy array (float64 for gradient checks); got a int64 "
+     "array of shape [1, 3, 8, 8]. Convert it with np.asarray(input, dtype=np.float32).", True),
     ("weight dtype differs", lambda: conv2d(_f32(1, 3, 8, 8), np.ones((4, 3, 3, 3))),
      "conv2d: weight has dtype float64 but the input has float32; all arrays of one call must "
      "share a dtype.", True),
@@ -495,7 +494,7 @@ INVALID = [
      "conv2d: bias must have shape (4,), one value per output channel; got shape (3,).", True),
     ("grad_y of the wrong shape", lambda: conv2d_backward(_f32(1, 4, 5, 5), _f32(1, 3, 8, 8),
                                                           _f32(4, 3, 3, 3)),
-     "conv2d_backward: grad_y must have the forward output's shape [1, 4, 6, 6]; got "
+     "conv2d_backward: grad_y must have the shape of the forward output, [1, 4, 6, 6]; got "
      "[1, 4, 5, 5].", False),
     ("out of the wrong shape", lambda: conv2d(_f32(1, 3, 8, 8), _f32(4, 3, 3, 3),
                                               out=_f32(1, 4, 8, 8)),

@@ -176,12 +176,12 @@ def test_upsample_error_messages():
     x = np.zeros((1, 2, 3, 3), np.float32)
     for bad in (0, 1.5, (2, 0), (2, 2, 2), True):
         with pytest.raises(ShapeError, match=(
-                r"^upsample_nearest2d: scale must be an integer ≥ 1 or a pair \(height, width\) "
-                r"of them; got .*\. Nearest upsampling repeats pixels, so only whole factors "
-                r"work: use e\.g\. 2 or \(2, 3\)\.$")):
+                r"^upsample_nearest2d: scale must be an integer ≥ 1 or a pair of them \(height, "
+                r"width\); got .*\. Use e\.g\. scale=2 or scale=\(2, 3\)\.$")):
             R.upsample_nearest2d(x, bad)
     with pytest.raises(ShapeError, match=r"^upsample_nearest2d: input must be 4-D \(N, C, H, W\); "
-                       r"got 3-D input of shape \[2, 3, 3\]\.$"):
+                       r"got 3-D input of shape \[2, 3, 3\]\. Add a batch axis with input\[None\] "
+                       r"for a single image\.$"):
         R.upsample_nearest2d(x[0], 2)
     with pytest.raises(ShapeError, match=(
             r"^upsample_nearest2d_backward: grad_y of shape \[1, 2, 6, 7\] cannot come from "

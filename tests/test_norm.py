@@ -177,7 +177,8 @@ def test_batch_norm_error_messages():
     strided = np.zeros(6, np.float32)[::2]
     with pytest.raises(ShapeError, match=(
             r"^batch_norm2d: running_mean is updated in place in training, so it must be a "
-            r"writeable C-contiguous array; got a float32 array of shape \[3\] that is not\.")):
+            r"writeable C-contiguous array; got a float32 array of shape \[3\], not "
+            r"C-contiguous\.")):
         Nm.batch_norm2d(x, vec, vec, strided, vec.copy(), True)
     with pytest.raises(ShapeError, match=r"^batch_norm2d: momentum must be a number in \[0, 1\] "
                        r"\(PyTorch's default is 0\.1\); got 1\.5\.$"):

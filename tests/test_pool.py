@@ -399,20 +399,21 @@ X = np.zeros((2, 3, 6, 6), np.float32)
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(kernel=0), "max_pool2d: kernel must be an integer ≥ 1 or a pair (height, width) of "
-                     "them; got 0. Use e.g. 2 or (2, 3)."),
-    (dict(kernel=(2, 2, 2)), "kernel must be an integer ≥ 1 or a pair (height, width) of "
-                             "them; got (2, 2, 2)."),
-    (dict(kernel=2.0), "kernel must be an integer ≥ 1 or a pair (height, width) of them; got "
+    (dict(kernel=0), "max_pool2d: kernel must be an integer ≥ 1 or a pair of them "
+                     "(height, width); got 0. Use e.g. kernel=2 or kernel=(2, 3)."),
+    (dict(kernel=(2, 2, 2)), "kernel must be an integer ≥ 1 or a pair of them "
+                             "(height, width); got (2, 2, 2)."),
+    (dict(kernel=2.0), "kernel must be an integer ≥ 1 or a pair of them (height, width); got "
                        "2.0."),
-    (dict(kernel=True), "kernel must be an integer ≥ 1 or a pair (height, width) of them; got "
+    (dict(kernel=True), "kernel must be an integer ≥ 1 or a pair of them (height, width); got "
                         "True."),
     (dict(kernel=2, stride=(1, 0)), "max_pool2d: stride must be an integer ≥ 1 or a pair "
-                                    "(height, width) of them; got (1, 0)."),
+                                    "of them (height, width); got (1, 0)."),
     (dict(kernel=2, padding=-1), "max_pool2d: padding must be an integer ≥ 0 or a pair "
-                                 "(height, width) of them; got -1. Use e.g. 1 or (1, 2)."),
+                                 "of them (height, width); got -1. Use e.g. padding=1 or "
+                                 "padding=(1, 2)."),
     (dict(kernel=2, dilation=0), "max_pool2d: dilation must be an integer ≥ 1 or a pair "
-                                 "(height, width) of them; got 0."),
+                                 "of them (height, width); got 0."),
     (dict(kernel=(3, 4), padding=(1, 3)),
      "max_pool2d: padding=(1, 3) is more than half of kernel=(3, 4) on the width axis: PyTorch "
      "requires padding ≤ kernel // 2 = 2 there (dilation does not widen the limit); got 3. Use "
@@ -468,22 +469,24 @@ def test_dilated_window_over_padding_only_is_rejected():
     lambda x: P.max_pool2d(x, 2), lambda x: P.avg_pool2d(x, 2),
     lambda x: P.adaptive_avg_pool2d(x, 2), lambda x: P.adaptive_max_pool2d(x, 2)])
 def test_inputs_must_be_4d_float_with_nonempty_planes(op):
-    rejects("expected x as a 4-D numpy array (N, C, H, W); got a float32 array of shape "
-            "[3, 4, 4]. Add the batch axis with x[None] for a single image.",
+    rejects("x must be 4-D (N, C, H, W); got 3-D x of shape [3, 4, 4]. Add a batch axis with "
+            "x[None] for a single image.",
             op, np.zeros((3, 4, 4), np.float32))
-    rejects("expected x as a 4-D numpy array (N, C, H, W); got [[1.0]] (list).", op, [[1.0]])
-    rejects("x must be float32 (or float64 for gradient checks); got int64. Convert it with "
-            "x.astype(np.float32).", op, np.zeros((1, 1, 4, 4), np.int64))
+    rejects("x must be a float32 numpy array (float64 for gradient checks); got [[1.0]] (list).",
+            op, [[1.0]])
+    rejects("x must be a float32 numpy array (float64 for gradient checks); got a int64 array "
+            "of shape [1, 1, 4, 4]. Convert it with np.asarray(x, dtype=np.float32).", op,
+            np.zeros((1, 1, 4, 4), np.int64))
     rejects("expected x of shape (N, C, H, W) with C, H and W ≥ 1 (only the batch may be "
             "empty); got [2, 0, 4, 4].", op, np.zeros((2, 0, 4, 4), np.float32))
     rejects("got [2, 3, 4, 0].", op, np.zeros((2, 3, 4, 0), np.float32))
 
 
 def test_adaptive_output_size_must_be_non_negative():
-    rejects("adaptive_avg_pool2d: output_size must be an integer ≥ 0 or a pair (height, width) "
-            "of them; got -1.", P.adaptive_avg_pool2d, X, -1)
-    rejects("adaptive_max_pool2d: output_size must be an integer ≥ 0 or a pair (height, width) "
-            "of them; got (2, None).", P.adaptive_max_pool2d, X, (2, None))
+    rejects("adaptive_avg_pool2d: output_size must be an integer ≥ 0 or a pair of them "
+            "(height, width); got -1.", P.adaptive_avg_pool2d, X, -1)
+    rejects("adaptive_max_pool2d: output_size must be an integer ≥ 0 or a pair of them "
+            "(height, width); got (2, None).", P.adaptive_max_pool2d, X, (2, None))
 
 
 def test_out_buffers_are_checked():
@@ -518,8 +521,8 @@ def test_backward_arguments_are_checked():
     rejects("max_pool2d_backward: indices must be the int64 array the forward returned, of "
             "grad_y's shape [2, 3, 3, 3]; got a int32 array of shape [2, 3, 3, 3].",
             P.max_pool2d_backward, grad_y, indices.astype(np.int32), X.shape)
-    rejects("max_pool2d_backward: grad_y must be float32 (or float64 for gradient checks); got "
-            "int64.", P.max_pool2d_backward, indices, indices, X.shape)
+    rejects("max_pool2d_backward: grad_y must be a float32 numpy array (float64 for gradient "
+            "checks); got a int64 array", P.max_pool2d_backward, indices, indices, X.shape)
     bad = indices.copy()
     bad[0, 0, 0, 0] = 36
     bad[1, 2, 2, 2] = -1

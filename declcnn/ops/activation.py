@@ -4,9 +4,6 @@ Elementwise ops take arrays of any shape; softmax works along one axis of an arr
 two axes (axis 1, the channels, by default).  Arrays are float32 (float64 runs the same loops,
 for gradient checks); inputs are made C-contiguous, a copy only when they are not.  The loops
 are in ``declcnn._kernels.activation``.
-
-This module also holds the argument checks the other dense ops share (``float_array``,
-``output_buffer``, ``matching_gradient``), so every op words the same mistake the same way.
 """
 
 from __future__ import annotations
@@ -18,73 +15,13 @@ import numpy as np
 from .._kernels import activation as _kernels
 from ..errors import ShapeError
 from ..threads import get_num_threads
+from ._checks import float_array, matching_gradient, output_buffer
 
 __all__ = [
     "relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
     "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
     "log_softmax_backward",
 ]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def describe(value) -> str:
-    """How an argument reads in a message: dtype and shape for arrays, repr otherwise."""
-    if isinstance(value, np.ndarray):
-        return f"a {value.dtype} array of shape {list(value.shape)}"
-    return f"{value!r} ({type(value).__name__})"
-
-
-def float_array(value, name: str, op: str, ndim: int | None = None,
-                layout: str | None = None) -> np.ndarray:
-    """``value`` as a C-contiguous float32/float64 array, with ``ndim`` axes when given."""
-    if not isinstance(value, np.ndarray) or value.dtype not in _FLOATS:
-        raise ShapeError(
-            f"{op}: {name} must be a float32 numpy array (float64 for gradient checks); got "
-            f"{describe(value)}. Convert it with np.asarray({name}, dtype=np.float32)."
-        )
-    if ndim is not None and value.ndim != ndim:
-        raise ShapeError(
-            f"{op}: {name} must be {ndim}-D ({layout}); got {value.ndim}-D {name} of shape "
-            f"{list(value.shape)}."
-        )
-    return np.ascontiguousarray(value)
-
-
-def same_dtype(array: np.ndarray, name: str, dtype: np.dtype, op: str) -> None:
-    if array.dtype != dtype:
-        raise ShapeError(
-            f"{op}: {name} has dtype {array.dtype} but the input has {dtype}; all arrays of one "
-            f"call must share a dtype. Convert with {name}.astype(np.{dtype})."
-        )
-
-
-def matching_gradient(grad_y, shape, dtype: np.dtype, name: str, op: str) -> np.ndarray:
-    """``grad_y`` checked to have the shape and dtype of the forward array ``name``."""
-    gy = float_array(grad_y, "grad_y", op)
-    if gy.shape != tuple(shape):
-        raise ShapeError(
-            f"{op}: grad_y must have the shape of {name}, {list(shape)}; got "
-            f"{list(gy.shape)}. Pass the gradient of the output the forward call produced."
-        )
-    same_dtype(gy, "grad_y", dtype, op)
-    return gy
-
-
-def output_buffer(out, shape, dtype: np.dtype, op: str) -> np.ndarray:
-    """``out`` when it fits (writeable, C-contiguous, right shape and dtype), else a new array."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if (not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype
-            or not out.flags.c_contiguous or not out.flags.writeable):
-        got = describe(out)
-        if isinstance(out, np.ndarray) and not out.flags.c_contiguous:
-            got += ", not C-contiguous"
-        raise ShapeError(
-            f"{op}: out must be a writeable C-contiguous {dtype} array of shape {list(shape)}; "
-            f"got {got}."
-        )
-    return out
 
 
 def _slope(negative_slope, op: str) -> float:

@@ -23,8 +23,7 @@ from ..errors import ShapeError
 from ..shapes import conv_output_size, conv_transpose_output_size, dilated_extent, same_padding
 from ..threads import get_num_threads
 from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kernel calls it)
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+from ._checks import float_array, is_int, matching_gradient, output_buffer, pair, same_dtype
 
 # Calls with fewer multiply-adds than this run on one thread: waking a second thread costs more
 # than it saves (tens of microseconds, more on a loaded machine), and small layers are common.
@@ -52,28 +51,8 @@ class _ConvView:
         return 1 if small else get_num_threads()
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _pair(value, name: str, op: str, minimum: int) -> tuple[int, int]:
-    """``(h, w)`` from an int or a pair of ints, each ≥ ``minimum``."""
-    if _is_int(value):
-        pair = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(map(_is_int, value)):
-        pair = (int(value[0]), int(value[1]))
-    else:
-        pair = None
-    if pair is None or min(pair) < minimum:
-        raise ShapeError(
-            f"{op}: {name} must be an integer ≥ {minimum} or a pair of them (height, width); "
-            f"got {value!r}. Use e.g. {name}={minimum} or {name}=({minimum}, {minimum + 1})."
-        )
-    return pair
-
-
 def _groups(groups, op: str) -> int:
-    if not _is_int(groups) or groups < 1:
+    if not is_int(groups) or groups < 1:
         raise ShapeError(
             f"{op}: groups must be an integer ≥ 1; got {groups!r}. Use groups=1 for a full "
             f"convolution, or a number that divides both channel counts."
@@ -81,47 +60,23 @@ def _groups(groups, op: str) -> int:
     return int(groups)
 
 
-def _float_array(value, name: str, op: str, ndim: int, layout: str) -> np.ndarray:
-    array = np.asarray(value)
-    if array.dtype not in _FLOATS:
-        raise ShapeError(
-            f"{op}: {name} must be float32 or float64; got dtype {array.dtype}. Convert it with "
-            f"{name}.astype(np.float32)."
-        )
-    if array.ndim != ndim:
-        raise ShapeError(
-            f"{op}: {name} must be {ndim}-D ({layout}); got {array.ndim}-D {name} of shape "
-            f"{list(array.shape)}."
-            + (" Add a batch axis with x[None] for a single image." if name == "input" else "")
-        )
-    return np.ascontiguousarray(array)
-
-
-def _same_dtype(array: np.ndarray, name: str, dtype: np.dtype, op: str) -> None:
-    if array.dtype != dtype:
-        raise ShapeError(
-            f"{op}: {name} has dtype {array.dtype} but the input has {dtype}; all arrays of one "
-            f"call must share a dtype. Convert with {name}.astype(np.{dtype})."
-        )
-
-
 def _bias(bias, out_channels: int, dtype: np.dtype, op: str) -> np.ndarray:
     """The bias as a contiguous vector, or an empty one (the kernels' "no bias")."""
     if bias is None:
         return np.empty(0, dtype=dtype)
-    b = _float_array(bias, "bias", op, 1, f"one value per output channel, ({out_channels},)")
+    b = float_array(bias, "bias", op, 1, f"one value per output channel, ({out_channels},)")
     if b.shape != (out_channels,):
         raise ShapeError(
             f"{op}: bias must have shape ({out_channels},), one value per output channel; got "
             f"shape {tuple(b.shape)}."
         )
-    _same_dtype(b, "bias", dtype, op)
+    same_dtype(b, "bias", dtype, op)
     return b
 
 
 def _weight(weight, x: np.ndarray, op: str, layout: str) -> np.ndarray:
-    w = _float_array(weight, "weight", op, 4, layout)
-    _same_dtype(w, "weight", x.dtype, op)
+    w = float_array(weight, "weight", op, 4, layout)
+    same_dtype(w, "weight", x.dtype, op)
     if w.size == 0:
         raise ShapeError(f"{op}: weight of size {list(w.shape)} has no elements; every axis "
                          f"must be ≥ 1.")
@@ -141,12 +96,12 @@ def _conv2d_padding(padding, kernel, stride, dilation, op: str) -> tuple[tuple[i
                     f"Give the padding as numbers, or padding='valid', for a stride > 1."
                 )
             return same_padding(kernel[0], dilation[0]), same_padding(kernel[1], dilation[1])
-    elif _is_int(padding):
+    elif is_int(padding):
         sides = ((int(padding),) * 2,) * 2
     elif isinstance(padding, (tuple, list)) and len(padding) == 2:
-        if all(map(_is_int, padding)):
+        if all(map(is_int, padding)):
             sides = tuple((int(p), int(p)) for p in padding)
-        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(map(_is_int, p))
+        elif all(isinstance(p, (tuple, list)) and len(p) == 2 and all(map(is_int, p))
                  for p in padding):
             sides = tuple((int(a), int(b)) for a, b in padding)
     if sides is not None and min(min(s) for s in sides) >= 0:
@@ -168,10 +123,10 @@ def _too_small(op: str, sizes: tuple[int, int], formulas: tuple[str, str]) -> Sh
 
 def _conv2d_view(op, x, weight, stride, padding, dilation, groups):
     """Check conv2d's arguments; return the view and the contiguous input and weight."""
-    x = _float_array(x, "input", op, 4, "N, C, H, W")
+    x = float_array(x, "input", op, 4)
     w = _weight(weight, x, op, "out_channels, in_channels/groups, kh, kw")
-    stride = _pair(stride, "stride", op, 1)
-    dilation = _pair(dilation, "dilation", op, 1)
+    stride = pair(stride, "stride", op, 1)
+    dilation = pair(dilation, "dilation", op, 1)
     groups = _groups(groups, op)
     O, Cg, kh, kw = w.shape
     if O % groups:
@@ -202,12 +157,12 @@ def _conv2d_view(op, x, weight, stride, padding, dilation, groups):
 def _transpose_view(op, x, weight, stride, padding, output_padding, groups, dilation):
     """Check conv_transpose2d's arguments; return the conv view (input: the transposed conv's
     output; output: its input) and the contiguous input and weight."""
-    x = _float_array(x, "input", op, 4, "N, C, H, W")
+    x = float_array(x, "input", op, 4)
     w = _weight(weight, x, op, "in_channels, out_channels/groups, kh, kw")
-    stride = _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
-    output_padding = _pair(output_padding, "output_padding", op, 0)
-    dilation = _pair(dilation, "dilation", op, 1)
+    stride = pair(stride, "stride", op, 1)
+    padding = pair(padding, "padding", op, 0)
+    output_padding = pair(output_padding, "output_padding", op, 0)
+    dilation = pair(dilation, "dilation", op, 1)
     groups = _groups(groups, op)
     Cin, Og, kh, kw = w.shape
     if Cin % groups:
@@ -242,32 +197,6 @@ def _transpose_view(op, x, weight, stride, padding, output_padding, groups, dila
     return view, x, w
 
 
-def _output(out, shape, dtype, op: str) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if (not isinstance(out, np.ndarray) or out.shape != tuple(shape) or out.dtype != dtype
-            or not out.flags.c_contiguous or not out.flags.writeable):
-        got = (f"{type(out).__name__}" if not isinstance(out, np.ndarray) else
-               f"{out.dtype} array of shape {list(out.shape)}"
-               + ("" if out.flags.c_contiguous else ", not C-contiguous"))
-        raise ShapeError(
-            f"{op}: out must be a writeable C-contiguous {dtype} array of shape {list(shape)}; "
-            f"got a {got}."
-        )
-    return out
-
-
-def _grad_output(grad_y, shape, dtype, op: str) -> np.ndarray:
-    gy = _float_array(grad_y, "grad_y", op, 4, "N, C, H, W")
-    if gy.shape != tuple(shape):
-        raise ShapeError(
-            f"{op}: grad_y must have the forward output's shape {list(shape)}; got "
-            f"{list(gy.shape)}. Pass the gradient of the output this call's arguments produce."
-        )
-    _same_dtype(gy, "grad_y", dtype, op)
-    return gy
-
-
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
@@ -288,7 +217,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=
     """
     view, x, w = _conv2d_view("conv2d", x, weight, stride, padding, dilation, groups)
     b = _bias(bias, view.output_shape[1], x.dtype, "conv2d")
-    y = _output(out, view.output_shape, x.dtype, "conv2d")
+    y = output_buffer(out, view.output_shape, x.dtype, "conv2d")
     if y.size:
         _kernels.conv_forward(x, w, b, y, *view.kernel_args(), view.num_threads(w))
     return y
@@ -308,7 +237,7 @@ def conv2d_backward(grad_y, x, weight, stride=1, padding=0, dilation=1, groups=1
     """
     op = "conv2d_backward"
     view, x, w = _conv2d_view(op, x, weight, stride, padding, dilation, groups)
-    gy = _grad_output(grad_y, view.output_shape, x.dtype, op)
+    gy = matching_gradient(grad_y, view.output_shape, x.dtype, "the forward output", op)
     return _backward(gy, x, w, view, needs_input_grad, has_bias, transposed=False)
 
 
@@ -333,7 +262,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     op = "conv_transpose2d"
     view, x, w = _transpose_view(op, x, weight, stride, padding, output_padding, groups, dilation)
     b = _bias(bias, view.input_shape[1], x.dtype, op)
-    y = _output(out, view.input_shape, x.dtype, op)
+    y = output_buffer(out, view.input_shape, x.dtype, op)
     if y.size:
         _kernels.conv_backward_data(x, w, b, y, *view.kernel_args(), view.num_threads(w))
     return y
@@ -352,7 +281,7 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
     """
     op = "conv_transpose2d_backward"
     view, x, w = _transpose_view(op, x, weight, stride, padding, output_padding, groups, dilation)
-    gy = _grad_output(grad_y, view.input_shape, x.dtype, op)
+    gy = matching_gradient(grad_y, view.input_shape, x.dtype, "the forward output", op)
     return _backward(gy, x, w, view, needs_input_grad, has_bias, transposed=True)
 
 

@@ -12,7 +12,7 @@ from .._kernels import dense as _kernels
 from ..errors import ShapeError
 from ..threads import get_num_threads
 from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kernel calls it)
-from .activation import float_array, matching_gradient, output_buffer, same_dtype
+from ._checks import float_array, matching_gradient, output_buffer, same_dtype
 
 
 def _checked(op: str, x, weight):

@@ -16,7 +16,8 @@ import numpy as np
 from .._kernels import activation as _kernels
 from ..errors import ShapeError
 from ..threads import get_num_threads
-from .activation import describe, float_array, softmax_view
+from ._checks import describe, float_array
+from .activation import softmax_view
 
 
 def _target(target, expected_shape: tuple[int, ...], logits_shape, op: str) -> np.ndarray:

@@ -17,7 +17,7 @@ from .._kernels import dense as _dense
 from .._kernels import norm as _kernels
 from ..errors import ShapeError
 from ..threads import get_num_threads
-from .activation import describe, float_array, matching_gradient, output_buffer, same_dtype
+from ._checks import describe, float_array, matching_gradient, output_buffer, same_dtype
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,10 @@ def _channel_vector(value, name: str, channels: int, dtype: np.dtype, op: str,
             f"got shape {tuple(v.shape)}."
         )
     if writeable and (v is not value or not v.flags.writeable):
+        read_only = "" if value.flags.writeable else ", read-only"
         raise ShapeError(
             f"{op}: {name} is updated in place in training, so it must be a writeable "
-            f"C-contiguous array; got {describe(value)} that is not. Pass a contiguous copy "
+            f"C-contiguous array; got {describe(value)}{read_only}. Pass a contiguous copy "
             f"and keep that one."
         )
     return v

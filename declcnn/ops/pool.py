@@ -9,64 +9,21 @@ Arrays are NCHW float32 (float64 runs the same loops, for gradient checks).
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import shapes
 from .._kernels import pool as _kernels
 from ..errors import ShapeError
 from ..threads import get_num_threads
+from ._checks import describe, float_array, is_int, output_buffer, pair
 
 _AXES = ("height", "width")
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # Below this many input elements a pooling call takes microseconds, less than waking threads.
 _SERIAL_BELOW = 1 << 14
 
 
-def _describe(value) -> str:
-    if isinstance(value, np.ndarray):
-        layout = "" if value.flags.c_contiguous else ", not C-contiguous"
-        return f"a {value.dtype} array of shape {list(value.shape)}{layout}"
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _pair(value, op: str, name: str, minimum: int) -> tuple[int, int]:
-    # the common cases first, without the generic checks
-    if type(value) is int and value >= minimum:
-        return value, value
-    if type(value) is tuple and len(value) == 2 and type(value[0]) is type(value[1]) is int \
-            and min(value) >= minimum:
-        return value
-    items = value if isinstance(value, tuple | list) else (value, value)
-    if len(items) != 2 or not all(_is_int(v) and v >= minimum for v in items):
-        raise ShapeError(
-            f"{op}: {name} must be an integer ≥ {minimum} or a pair (height, width) of them; "
-            f"got {value!r}. Use e.g. {minimum + 1} or ({minimum + 1}, {minimum + 2})."
-        )
-    return int(items[0]), int(items[1])
-
-
-def _float_array(value, op: str, name: str, what: str = "(N, C, H, W)") -> np.ndarray:
-    if not isinstance(value, np.ndarray) or value.ndim != 4:
-        raise ShapeError(
-            f"{op}: expected {name} as a 4-D numpy array {what}; got {_describe(value)}. "
-            f"Add the batch axis with {name}[None] for a single image."
-        )
-    if value.dtype not in _FLOATS:
-        raise ShapeError(
-            f"{op}: {name} must be float32 (or float64 for gradient checks); got {value.dtype}. "
-            f"Convert it with {name}.astype(np.float32)."
-        )
-    return np.ascontiguousarray(value)
-
-
 def _image(x, op: str) -> np.ndarray:
-    x = _float_array(x, op, "x")
+    x = float_array(x, "x", op, 4)
     if 0 in x.shape[1:]:
         raise ShapeError(
             f"{op}: expected x of shape (N, C, H, W) with C, H and W ≥ 1 (only the batch may be "
@@ -77,7 +34,7 @@ def _image(x, op: str) -> np.ndarray:
 
 def _input_shape(input_shape, grad_y: np.ndarray, op: str) -> tuple[int, int, int, int]:
     shape = tuple(input_shape) if isinstance(input_shape, tuple | list) else None
-    if shape is None or len(shape) != 4 or not all(_is_int(v) for v in shape) \
+    if shape is None or len(shape) != 4 or not all(is_int(v) for v in shape) \
             or shape[0] < 0 or min(shape[1:]) < 1:
         raise ShapeError(
             f"{op}: input_shape must be the forward input's (N, C, H, W), with N ≥ 0 and C, H, "
@@ -92,27 +49,15 @@ def _input_shape(input_shape, grad_y: np.ndarray, op: str) -> tuple[int, int, in
     return tuple(int(v) for v in shape)
 
 
-def _buffer(out, shape: tuple[int, ...], dtype, op: str, name: str) -> np.ndarray:
-    if out is None:
-        return np.empty(shape, dtype)
-    if not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype \
-            or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ShapeError(
-            f"{op}: {name} must be a writeable C-contiguous {np.dtype(dtype)} array of shape "
-            f"{list(shape)}; got {_describe(out)}. Pass None to let {op} allocate it."
-        )
-    return out
-
-
 def _max_buffers(out, shape, dtype, op: str) -> tuple[np.ndarray, np.ndarray]:
     """A max pool's ``out``: None, or a pair ``(y, indices)`` of buffers."""
     if out is None:
         return np.empty(shape, dtype), np.empty(shape, np.int64)
     if not (isinstance(out, tuple | list) and len(out) == 2):
         raise ShapeError(f"{op}: out must be a pair (y, indices) of buffers or None; got "
-                         f"{_describe(out)}.")
-    return (_buffer(out[0], shape, dtype, op, "out[0] (y)"),
-            _buffer(out[1], shape, np.int64, op, "out[1] (indices)"))
+                         f"{describe(out)}.")
+    return (output_buffer(out[0], shape, dtype, op, "out[0] (y)"),
+            output_buffer(out[1], shape, np.int64, op, "out[1] (indices)"))
 
 
 def _threads(array: np.ndarray) -> int:
@@ -122,10 +67,10 @@ def _threads(array: np.ndarray) -> int:
 def _window(op, input_shape, kernel, stride, padding, dilation, ceil_mode):
     """Check a max (``dilation`` given) or average (``dilation=None``) window against PyTorch's
     rules; return ``(k, s, p, d, output size)``."""
-    k = _pair(kernel, op, "kernel", 1)
-    s = k if stride is None else _pair(stride, op, "stride", 1)
-    p = _pair(padding, op, "padding", 0)
-    d = (1, 1) if dilation is None else _pair(dilation, op, "dilation", 1)
+    k = pair(kernel, "kernel", op, 1)
+    s = k if stride is None else pair(stride, "stride", op, 1)
+    p = pair(padding, "padding", op, 0)
+    d = (1, 1) if dilation is None else pair(dilation, "dilation", op, 1)
     for axis, ki, pi in zip(_AXES, k, p, strict=True):
         if pi > ki // 2:
             undilated = "" if dilation is None else " (dilation does not widen the limit)"
@@ -204,13 +149,13 @@ def max_pool2d(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, o
 
 
 def _route_to_argmax(op, grad_y, indices, input_shape):
-    grad_y = _float_array(grad_y, op, "grad_y")
+    grad_y = float_array(grad_y, "grad_y", op, 4)
     shape = _input_shape(input_shape, grad_y, op)
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64 \
             or indices.shape != grad_y.shape:
         raise ShapeError(
             f"{op}: indices must be the int64 array the forward returned, of grad_y's shape "
-            f"{list(grad_y.shape)}; got {_describe(indices)}."
+            f"{list(grad_y.shape)}; got {describe(indices)}."
         )
     grad_x = np.empty(shape, grad_y.dtype)
     outside = _kernels.max_pool2d_backward(grad_y, np.ascontiguousarray(indices), grad_x,
@@ -250,7 +195,7 @@ def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include
     op = "avg_pool2d"
     x = _image(x, op)
     k, s, p, _, (oh, ow) = _window(op, x.shape, kernel, stride, padding, None, ceil_mode)
-    y = _buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op, "out")
+    y = output_buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op)
     _kernels.avg_pool2d_forward(x, y, *k, *s, *p, bool(count_include_pad), _threads(x))
     return y
 
@@ -263,7 +208,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel, stride=None, padding=0, cei
     Shape: ``grad_y (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
     """
     op = "avg_pool2d_backward"
-    grad_y = _float_array(grad_y, op, "grad_y")
+    grad_y = float_array(grad_y, "grad_y", op, 4)
     shape = _input_shape(input_shape, grad_y, op)
     k, s, p, _, (oh, ow) = _window(op, shape, kernel, stride, padding, None, ceil_mode)
     if grad_y.shape[2:] != (oh, ow):
@@ -292,8 +237,8 @@ def adaptive_avg_pool2d(x, output_size, out=None):
     """
     op = "adaptive_avg_pool2d"
     x = _image(x, op)
-    oh, ow = _pair(output_size, op, "output_size", 0)
-    y = _buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op, "out")
+    oh, ow = pair(output_size, "output_size", op, 0)
+    y = output_buffer(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op)
     _kernels.adaptive_avg_pool2d_forward(x, y, *_bins(x.shape[2], oh), *_bins(x.shape[3], ow),
                                          _threads(x))
     return y
@@ -305,7 +250,7 @@ def adaptive_avg_pool2d_backward(grad_y, input_shape):
     Shape: ``grad_y (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
     """
     op = "adaptive_avg_pool2d_backward"
-    grad_y = _float_array(grad_y, op, "grad_y")
+    grad_y = float_array(grad_y, "grad_y", op, 4)
     shape = _input_shape(input_shape, grad_y, op)
     grad_x = np.empty(shape, grad_y.dtype)
     _kernels.adaptive_avg_pool2d_backward(grad_y, grad_x, *_bins(shape[2], grad_y.shape[2]),
@@ -322,7 +267,7 @@ def adaptive_max_pool2d(x, output_size, out=None):
     """
     op = "adaptive_max_pool2d"
     x = _image(x, op)
-    oh, ow = _pair(output_size, op, "output_size", 0)
+    oh, ow = pair(output_size, "output_size", op, 0)
     y, indices = _max_buffers(out, (x.shape[0], x.shape[1], oh, ow), x.dtype, op)
     _kernels.adaptive_max_pool2d_forward(x, y, indices, *_bins(x.shape[2], oh),
                                          *_bins(x.shape[3], ow), _threads(x))

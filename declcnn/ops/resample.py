@@ -3,28 +3,13 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .._kernels import dense as _kernels
 from ..errors import ShapeError
 from ..shapes import upsample_output_size
 from ..threads import get_num_threads
-from .activation import float_array, output_buffer
-
-
-def _scale(scale, op: str) -> tuple[int, int]:
-    """``(sh, sw)`` from an int or a pair of ints, each ≥ 1."""
-    items = tuple(scale) if isinstance(scale, tuple | list) else (scale, scale)
-    if len(items) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool)
-                                  and s >= 1 for s in items):
-        raise ShapeError(
-            f"{op}: scale must be an integer ≥ 1 or a pair (height, width) of them; got "
-            f"{scale!r}. Nearest upsampling repeats pixels, so only whole factors work: use "
-            f"e.g. 2 or (2, 3)."
-        )
-    return int(items[0]), int(items[1])
+from ._checks import float_array, output_buffer, pair
 
 
 def upsample_nearest2d(x, scale, out=None) -> np.ndarray:
@@ -41,7 +26,7 @@ def upsample_nearest2d(x, scale, out=None) -> np.ndarray:
     """
     op = "upsample_nearest2d"
     x = float_array(x, "input", op, 4, "N, C, H, W")
-    sh, sw = _scale(scale, op)
+    sh, sw = pair(scale, "scale", op, 1)
     N, C, H, W = x.shape
     shape = (N, C, upsample_output_size(H, sh), upsample_output_size(W, sw))
     y = output_buffer(out, shape, x.dtype, op)
@@ -59,7 +44,7 @@ def upsample_nearest2d_backward(grad_y, scale) -> np.ndarray:
     """
     op = "upsample_nearest2d_backward"
     gy = float_array(grad_y, "grad_y", op, 4, "N, C, H·sh, W·sw")
-    sh, sw = _scale(scale, op)
+    sh, sw = pair(scale, "scale", op, 1)
     N, C, OH, OW = gy.shape
     if OH % sh or OW % sw:
         raise ShapeError(
