@@ -89,5 +89,15 @@ def upsample_output_size(size: int, scale: int) -> int:
     return size * scale
 
 
+def centre_crop_offset(size: int, target: int) -> int:
+    """First kept index of a centre crop from ``size`` to ``target`` (U-Net's crop):
+    ``(size − target) // 2``, the odd pixel coming off the end.
+
+    >>> centre_crop_offset(64, 56), centre_crop_offset(5, 2)
+    (4, 1)
+    """
+    return (size - target) // 2
+
+
 def flat_size(shape: tuple[int, ...]) -> int:
     return math.prod(shape)

@@ -20,7 +20,7 @@ from declcnn.graph import Graph, Node
 from declcnn.graph.layers import INIT_CHOICES
 from declcnn.runtime import Network, load, loads
 from declcnn.runtime import init as initialisers
-from declcnn.runtime.nodes import centre_crop_offset
+from declcnn.shapes import centre_crop_offset
 
 # PyTorch's padding="same" with an even kernel warns that it copies the input; that is fine here.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")

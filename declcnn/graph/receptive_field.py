@@ -50,7 +50,7 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import DeclcnnError, ShapeError
-from ..shapes import same_padding
+from ..shapes import centre_crop_offset, same_padding
 from .graph import Graph, Node
 
 _NOTHING_LO = np.iinfo(np.int64).max // 4
@@ -214,7 +214,7 @@ def _centre_crop(node, axis):
     """Crop and concat: input k's unit ``o + ⌊(n_k − n)/2⌋`` (the runtime's centre crop, the odd
     pixel off the end); 0 for inputs that already have the output's size."""
     size, sizes_in = _axis(node, axis)
-    offsets = [(n - size) // 2 for n in sizes_in]
+    offsets = [centre_crop_offset(n, size) for n in sizes_in]
     stage = _Stage(size, lambda o: [(k, o + off, None) for k, off in enumerate(offsets)])
     return _AxisMap([stage], Fraction(1))
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import DeclcnnError
 from ..ops import activation, conv, linear, norm, pool, resample
-from ..shapes import same_padding
+from ..shapes import centre_crop_offset, same_padding
 from . import init as initialisers
 
 NODE_TYPES: dict[str, type[NodeImpl]] = {}
@@ -39,16 +39,6 @@ def make_node(node, network) -> NodeImpl:
             f"types: {', '.join(sorted(NODE_TYPES))}."
         ) from None
     return cls(node, network)
-
-
-def centre_crop_offset(size: int, target: int) -> int:
-    """First kept index of a centre crop from ``size`` to ``target`` (U-Net's crop):
-    ``(size − target) // 2``, the odd pixel coming off the end.
-
-    >>> centre_crop_offset(64, 56), centre_crop_offset(5, 2)
-    (4, 1)
-    """
-    return (size - target) // 2
 
 
 def _centre_window(shape: tuple[int, ...], target: tuple[int, int]) -> tuple[slice, ...]:
