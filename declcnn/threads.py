@@ -46,3 +46,10 @@ def get_num_threads() -> int:
     if env:
         return _parse(env, "DECLCNN_NUM_THREADS")
     return available_cores()
+
+
+def threads_for(work: int, minimum: int) -> int:
+    """The thread count for a call of ``work`` units (elements, multiply-adds): 1 below
+    ``minimum``, where waking a second thread costs more than it saves (tens of microseconds,
+    and far more when another process holds the other core)."""
+    return 1 if work < minimum else get_num_threads()

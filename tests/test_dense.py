@@ -188,3 +188,31 @@ def test_upsample_error_messages():
             r"upsampling by scale \(2, 2\): its height and width must be multiples of the "
             r"scale\.")):
         R.upsample_nearest2d_backward(np.zeros((1, 2, 6, 7), np.float32), 2)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 7])
+def test_linear_backward_into_buffers_and_accumulating(batch):
+    """``out=`` buffers and ``accumulate`` (what the runtime uses): the same gradients, added
+    onto what the buffers held; LinearPlan gives the same bits as the checked op."""
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 9)).astype(np.float32)
+    w = rng.standard_normal((5, 9)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    gy = rng.standard_normal((batch, 5)).astype(np.float32)
+    gx, gw, gb = L.linear_backward(gy, x, w)
+    held_w, held_b = rng.standard_normal((2, 5, 9)).astype(np.float32)[0], np.ones(5, np.float32)
+    out = (np.empty_like(x), held_w.copy(), held_b.copy())
+    gx2, gw2, gb2 = L.linear_backward(gy, x, w, out=out, accumulate=True)
+    assert gx2 is out[0] and gw2 is out[1] and gb2 is out[2]
+    assert_close(gx2, gx, "gx")
+    assert_close(gw2, held_w + gw, "accumulated gW", atol=1e-5)
+    np.testing.assert_array_equal(gb2, held_b + gb)
+    plan, y = L.LinearPlan(9, 5), np.empty((batch, 5), np.float32)
+    plan.forward(x, w, b, y)
+    np.testing.assert_array_equal(y, L.linear(x, w, b))
+    plan_out = (np.empty_like(x), np.zeros_like(w), np.zeros_like(b))
+    plan.backward(gy, x, w, *plan_out)
+    for ours, theirs in zip(plan_out, (gx, gw, gb), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    with pytest.raises(ShapeError, match="accumulate=True adds into out's gW and gb"):
+        L.linear_backward(gy, x, w, accumulate=True)

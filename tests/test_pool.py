@@ -568,3 +568,23 @@ def test_same_bits_run_to_run_and_for_one_or_two_threads(restore_threads):
     single = run_every_pool(x)
     for a, b, c in zip(first, again, single, strict=True):
         assert a.tobytes() == b.tobytes() == c.tobytes()
+
+
+@pytest.mark.parametrize("window", [dict(kernel=2), dict(kernel=3, stride=2, padding=1),
+                                    dict(kernel=2, dilation=2, ceil_mode=True)])
+def test_max_pool2d_plan_matches_the_checked_op(window):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 9, 7)).astype(np.float32)
+    y, indices = P.max_pool2d(x, **window)
+    plan = P.MaxPool2dPlan(x.shape[1:], **window)
+    assert plan.output_shape == y.shape[1:]
+    y2, indices2 = np.empty_like(y), np.empty_like(indices)
+    plan.forward(x, y2, indices2)
+    np.testing.assert_array_equal(y2, y)
+    np.testing.assert_array_equal(indices2, indices)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gx = np.full_like(x, np.nan)  # every value must be written
+    plan.backward(gy, indices, gx)
+    np.testing.assert_array_equal(gx, P.max_pool2d_backward(gy, indices, x.shape))
+    with pytest.raises(ShapeError, match="padding=.* is more than half of kernel"):
+        P.MaxPool2dPlan((4, 9, 7), 2, padding=2)

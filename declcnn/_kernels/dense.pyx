@@ -86,13 +86,15 @@ def linear_backward_input(const floating[:, ::1] grad_y not None,
 
 def linear_backward_weight(const floating[:, ::1] grad_y not None,
                            const floating[:, ::1] x not None, floating[:, ::1] grad_weight not None,
-                           int threads):
-    """gW = gyᵀ·x (fout × fin), each thread writing its own block of rows or columns of gW."""
+                           int threads, bint accumulate=False):
+    """gW = gyᵀ·x (fout × fin), or gW += gyᵀ·x with ``accumulate`` (the GEMM's beta = 1: the
+    network adds into its gradients without a temporary), each thread writing its own block of
+    rows or columns of gW."""
     cdef int N = grad_y.shape[0], fout = grad_y.shape[1], fin = x.shape[1]
     cdef bint by_rows = fout >= fin
     cdef int blocks = _blocks(threads, fout if by_rows else fin), t, width, start
     cdef int step = ((fout if by_rows else fin) + blocks - 1) // blocks
-    cdef floating zero = 0
+    cdef floating beta = 1 if accumulate else 0
     cdef const floating *gyp = &grad_y[0, 0]
     cdef const floating *xp = &x[0, 0]
     cdef floating *gwp = &grad_weight[0, 0]
@@ -103,15 +105,17 @@ def linear_backward_weight(const floating[:, ::1] grad_y not None,
             if width <= 0:
                 continue
             if by_rows:
-                _gemm(c'T', c'N', width, fin, N, gyp + start, fout, xp, fin, zero,
+                _gemm(c'T', c'N', width, fin, N, gyp + start, fout, xp, fin, beta,
                       gwp + start * fin, fin)
             else:
-                _gemm(c'T', c'N', fout, width, N, gyp, fout, xp + start, fin, zero, gwp + start,
+                _gemm(c'T', c'N', fout, width, N, gyp, fout, xp + start, fin, beta, gwp + start,
                       fin)
 
 
-def column_sums(const floating[:, ::1] a not None, floating[::1] sums not None, int threads):
-    """sums[j] = Σ_i a[i, j], in double, rows in order; tasks of ``COLUMNS`` columns."""
+def column_sums(const floating[:, ::1] a not None, floating[::1] sums not None, int threads,
+                bint accumulate=False):
+    """sums[j] = Σ_i a[i, j] (sums[j] += with ``accumulate``), in double, rows in order; tasks
+    of ``COLUMNS`` columns."""
     cdef Py_ssize_t R = a.shape[0], K = a.shape[1]
     cdef Py_ssize_t tasks = (K + COLUMNS - 1) // COLUMNS, task
     cdef const floating *ap = &a[0, 0] if a.size else NULL
@@ -121,11 +125,11 @@ def column_sums(const floating[:, ::1] a not None, floating[::1] sums not None, 
     with nogil:
         for task in prange(tasks, schedule='static', num_threads=_blocks(threads, tasks)):
             _column_block(ap, sp, R, K, task * COLUMNS, min(<Py_ssize_t> COLUMNS,
-                                                            K - task * COLUMNS))
+                                                            K - task * COLUMNS), accumulate)
 
 
 cdef void _column_block(const floating *a, floating *sums, Py_ssize_t R, Py_ssize_t K,
-                        Py_ssize_t start, Py_ssize_t width) noexcept nogil:
+                        Py_ssize_t start, Py_ssize_t width, bint accumulate) noexcept nogil:
     cdef double acc[COLUMNS]
     cdef Py_ssize_t i, j
     for j in range(width):
@@ -134,7 +138,11 @@ cdef void _column_block(const floating *a, floating *sums, Py_ssize_t R, Py_ssiz
         for j in range(width):
             acc[j] += a[i * K + start + j]
     for j in range(width):
-        sums[start + j] = <floating> acc[j]
+        # Rounded to floating before adding, as adding a separately returned sum would be.
+        if accumulate:
+            sums[start + j] = sums[start + j] + <floating> acc[j]
+        else:
+            sums[start + j] = <floating> acc[j]
 
 
 def masked_scale(const floating[::1] x not None, const uint8_t[::1] mask not None,

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._kernels import activation as _kernels
 from ..errors import ShapeError
-from ..threads import get_num_threads
+from ..threads import get_num_threads, threads_for
 from ._checks import float_array, matching_gradient, output_buffer
 
 __all__ = [
@@ -22,6 +22,10 @@ __all__ = [
     "tanh", "tanh_backward", "softmax", "softmax_backward", "log_softmax",
     "log_softmax_backward",
 ]
+
+
+# Below this many elements a call runs on one thread (the elementwise kernels decide alike).
+SERIAL_BELOW = 1 << 15
 
 
 def _slope(negative_slope, op: str) -> float:
@@ -41,10 +45,10 @@ def _forward(code, x, out, op: str, slope: float = 0.0) -> np.ndarray:
     return y
 
 
-def _backward(code, grad_y, v, name: str, op: str, slope: float = 0.0) -> np.ndarray:
+def _backward(code, grad_y, v, name: str, op: str, slope: float = 0.0, out=None) -> np.ndarray:
     v = float_array(v, name, op)
     gy = matching_gradient(grad_y, v.shape, v.dtype, name, op)
-    gx = np.empty_like(v)
+    gx = output_buffer(out, v.shape, v.dtype, op)
     _kernels.activation_backward(code, gy.reshape(-1), v.reshape(-1), gx.reshape(-1), slope,
                                  get_num_threads())
     return gx
@@ -63,9 +67,27 @@ def relu(x, out=None) -> np.ndarray:
     return _forward(_kernels.Activation.RELU, x, out, "relu")
 
 
-def relu_backward(grad_y, x) -> np.ndarray:
-    """``gy`` where ``x > 0`` (or x is NaN), else 0: PyTorch's convention at the kink x = 0."""
-    return _backward(_kernels.Activation.RELU, grad_y, x, "x", "relu_backward")
+def relu_backward(grad_y, x, out=None) -> np.ndarray:
+    """``gy`` where ``x > 0`` (or x is NaN), else 0: PyTorch's convention at the kink x = 0.
+
+    ``x`` may also be relu's output ``y``: ``y > 0`` exactly where ``x > 0``, and NaN stays NaN,
+    so the gradient is the same (the runtime keeps ``y`` when relu overwrites its input).
+    ``out`` may be ``grad_y`` itself (elementwise, in place)."""
+    return _backward(_kernels.Activation.RELU, grad_y, x, "x", "relu_backward", out=out)
+
+
+def relu_into(x: np.ndarray, out: np.ndarray) -> None:
+    """``relu(x, out=out)`` without the checks, for callers that checked their shapes once
+    (the runtime, when the network is built): x and out C-contiguous, of one float dtype and
+    shape; out may be x."""
+    _kernels.activation_forward(_kernels.Activation.RELU, x.reshape(-1), out.reshape(-1), 0.0,
+                                get_num_threads())
+
+
+def relu_backward_into(grad_y: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
+    """``relu_backward(grad_y, y, out=out)`` without the checks, as :func:`relu_into`."""
+    _kernels.activation_backward(_kernels.Activation.RELU, grad_y.reshape(-1), y.reshape(-1),
+                                 out.reshape(-1), 0.0, get_num_threads())
 
 
 def leaky_relu(x, negative_slope=0.01, out=None) -> np.ndarray:
@@ -78,11 +100,11 @@ def leaky_relu(x, negative_slope=0.01, out=None) -> np.ndarray:
     return _forward(_kernels.Activation.LEAKY_RELU, x, out, op, _slope(negative_slope, op))
 
 
-def leaky_relu_backward(grad_y, x, negative_slope=0.01) -> np.ndarray:
+def leaky_relu_backward(grad_y, x, negative_slope=0.01, out=None) -> np.ndarray:
     """``gy`` where ``x > 0``, else ``negative_slope · gy``."""
     op = "leaky_relu_backward"
     return _backward(_kernels.Activation.LEAKY_RELU, grad_y, x, "x", op,
-                     _slope(negative_slope, op))
+                     _slope(negative_slope, op), out)
 
 
 def sigmoid(x, out=None) -> np.ndarray:
@@ -94,9 +116,9 @@ def sigmoid(x, out=None) -> np.ndarray:
     return _forward(_kernels.Activation.SIGMOID, x, out, "sigmoid")
 
 
-def sigmoid_backward(grad_y, y) -> np.ndarray:
+def sigmoid_backward(grad_y, y, out=None) -> np.ndarray:
     """``gy · y · (1 − y)`` from the forward output ``y``."""
-    return _backward(_kernels.Activation.SIGMOID, grad_y, y, "y", "sigmoid_backward")
+    return _backward(_kernels.Activation.SIGMOID, grad_y, y, "y", "sigmoid_backward", out=out)
 
 
 def tanh(x, out=None) -> np.ndarray:
@@ -108,9 +130,9 @@ def tanh(x, out=None) -> np.ndarray:
     return _forward(_kernels.Activation.TANH, x, out, "tanh")
 
 
-def tanh_backward(grad_y, y) -> np.ndarray:
+def tanh_backward(grad_y, y, out=None) -> np.ndarray:
     """``gy · (1 − y²)`` from the forward output ``y``."""
-    return _backward(_kernels.Activation.TANH, grad_y, y, "y", "tanh_backward")
+    return _backward(_kernels.Activation.TANH, grad_y, y, "y", "tanh_backward", out=out)
 
 
 def softmax_view(shape: tuple[int, ...], axis, name: str, op: str) -> tuple[int, int, int]:
@@ -131,7 +153,8 @@ def _softmax(x, axis, out, take_log: bool, op: str) -> np.ndarray:
     x = float_array(x, "x", op)
     view = softmax_view(x.shape, axis, "x", op)
     y = output_buffer(out, x.shape, x.dtype, op)
-    _kernels.softmax_forward(x.reshape(view), y.reshape(view), take_log, get_num_threads())
+    _kernels.softmax_forward(x.reshape(view), y.reshape(view), take_log,
+                             threads_for(x.size, SERIAL_BELOW))
     return y
 
 
@@ -141,7 +164,7 @@ def _softmax_backward(grad_y, y, axis, take_log: bool, op: str) -> np.ndarray:
     gy = matching_gradient(grad_y, y.shape, y.dtype, "y", op)
     gx = np.empty_like(y)
     _kernels.softmax_backward(gy.reshape(view), y.reshape(view), gx.reshape(view), take_log,
-                              get_num_threads())
+                              threads_for(y.size, SERIAL_BELOW))
     return gx
 
 

@@ -10,9 +10,13 @@ import numpy as np
 
 from .._kernels import dense as _kernels
 from ..errors import ShapeError
-from ..threads import get_num_threads
+from ..threads import threads_for
 from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kernel calls it)
 from ._checks import float_array, matching_gradient, output_buffer, same_dtype
+
+# GEMMs of fewer multiply-adds run on one thread (LeNet's fc2 and fc3 at batch 64 among them).
+_PARALLEL_MIN_MACS = 1 << 20
+_PARALLEL_MIN_SUMS = 1 << 15  # values summed by the bias gradient
 
 
 def _checked(op: str, x, weight):
@@ -68,15 +72,19 @@ def linear(x, weight, bias=None, out=None) -> np.ndarray:
             )
     y = output_buffer(out, (x.shape[0], fout), x.dtype, op)
     if x.shape[0]:
-        _kernels.linear_forward(x, w, b, y, get_num_threads())
+        _kernels.linear_forward(x, w, b, y, threads_for(x.size * fout, _PARALLEL_MIN_MACS))
     return y
 
 
-def linear_backward(grad_y, x, weight, needs_input_grad=True, has_bias=True):
+def linear_backward(grad_y, x, weight, needs_input_grad=True, has_bias=True, out=None,
+                    accumulate=False):
     """Gradients of ``linear``: ``(gx | None, gW, gb | None)``.
 
     ``gx = gy·W`` (skipped unless ``needs_input_grad``), ``gW = gyᵀ·x``,
-    ``gb = Σ_n gy[n]`` (skipped unless ``has_bias``).
+    ``gb = Σ_n gy[n]`` (skipped unless ``has_bias``).  ``out`` is an optional triple of
+    buffers ``(gx, gW, gb)`` (any of them None); with ``accumulate`` the weight and bias
+    gradients are added into ``out``'s gW and gb instead of overwriting them (the runtime
+    accumulates into its gradients this way, as PyTorch into ``.grad``).
 
     Shape:
         grad_y (N, out_features) → gx (N, in_features), gW (out_features, in_features),
@@ -86,17 +94,82 @@ def linear_backward(grad_y, x, weight, needs_input_grad=True, has_bias=True):
     x, w = _checked(op, x, weight)
     gy = matching_gradient(grad_y, (x.shape[0], w.shape[0]), x.dtype,
                            "the forward output (N, out_features)", op)
-    threads = get_num_threads()
+    gx_out, gw_out, gb_out = _gradient_buffers(out, accumulate, has_bias, op)
+    threads = threads_for(x.size * w.shape[0], _PARALLEL_MIN_MACS)
     gx = None
     if needs_input_grad:
-        gx = np.empty_like(x)
+        gx = output_buffer(gx_out, x.shape, x.dtype, op, "out[0] (gx)")
         if x.shape[0]:
             _kernels.linear_backward_input(gy, w, gx, threads)
-    gw = np.zeros_like(w)
+    if gw_out is None:
+        gw = np.zeros_like(w)
+    else:
+        gw = output_buffer(gw_out, w.shape, w.dtype, op, "out[1] (gW)")
+        if not accumulate and not x.shape[0]:
+            gw.fill(0)  # an empty batch: the GEMM below does not run
     if x.shape[0]:
-        _kernels.linear_backward_weight(gy, x, gw, threads)
+        _kernels.linear_backward_weight(gy, x, gw, threads, accumulate)
     gb = None
     if has_bias:
-        gb = np.empty(w.shape[0], dtype=x.dtype)
-        _kernels.column_sums(gy, gb, threads)
+        gb = output_buffer(gb_out, (w.shape[0],), x.dtype, op, "out[2] (gb)")
+        _kernels.column_sums(gy, gb, threads_for(gy.size, _PARALLEL_MIN_SUMS), accumulate)
     return gx, gw, gb
+
+
+class LinearPlan:
+    """:func:`linear` and :func:`linear_backward` checked once for a layer of ``in_features``
+    → ``out_features``, as :class:`~declcnn.ops.pool.MaxPool2dPlan` for pooling: the runtime's
+    shapes are fixed when its graph is built, so its calls skip the checks (at batch 1 they
+    cost as much as the GEMM).  Calls trust their arguments: C-contiguous arrays of one float
+    dtype and the planned shapes; ``bias`` None for a layer without one.
+
+    >>> import numpy as np
+    >>> plan, y = LinearPlan(3, 4), np.empty((2, 4), np.float32)
+    >>> plan.forward(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), None, y)
+    >>> y[0]
+    array([3., 3., 3., 3.], dtype=float32)
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, int) or value < 1:
+                raise ShapeError(f"linear: {name} must be an integer ≥ 1; got {value!r}.")
+        self.in_features, self.out_features = in_features, out_features
+        self._no_bias = {}
+
+    def _empty(self, dtype) -> np.ndarray:
+        empty = self._no_bias.get(dtype)
+        if empty is None:
+            empty = self._no_bias[dtype] = np.empty(0, dtype)
+        return empty
+
+    def forward(self, x, weight, bias, y) -> None:
+        """``y = x·Wᵀ + b``."""
+        if x.shape[0]:
+            _kernels.linear_forward(x, weight, self._empty(x.dtype) if bias is None else bias, y,
+                                    threads_for(x.size * self.out_features, _PARALLEL_MIN_MACS))
+
+    def backward(self, grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
+        """``grad_x = gy·W`` (skipped when None); ``grad_weight += gyᵀ·x`` and ``grad_bias +=
+        Σ_n gy[n]`` (skipped when None): they accumulate, as PyTorch's ``.grad``."""
+        if not x.shape[0]:
+            return
+        threads = threads_for(x.size * self.out_features, _PARALLEL_MIN_MACS)
+        if grad_x is not None:
+            _kernels.linear_backward_input(grad_y, weight, grad_x, threads)
+        _kernels.linear_backward_weight(grad_y, x, grad_weight, threads, True)
+        if grad_bias is not None:
+            _kernels.column_sums(grad_y, grad_bias, threads_for(grad_y.size, _PARALLEL_MIN_SUMS),
+                                 True)
+
+
+def _gradient_buffers(out, accumulate: bool, has_bias: bool, op: str):
+    if out is None:
+        out = (None, None, None)
+    if not (isinstance(out, tuple | list) and len(out) == 3):
+        raise ShapeError(f"{op}: out must be a triple (gx, gW, gb) of buffers (each may be None) "
+                         f"or None; got {out!r}.")
+    if accumulate and (out[1] is None or (has_bias and out[2] is None)):
+        raise ShapeError(f"{op}: accumulate=True adds into out's gW and gb, so both must be "
+                         f"given (gb only with has_bias); got out={out!r}.")
+    return out

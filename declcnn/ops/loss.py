@@ -15,9 +15,9 @@ import numpy as np
 
 from .._kernels import activation as _kernels
 from ..errors import ShapeError
-from ..threads import get_num_threads
-from ._checks import describe, float_array
-from .activation import softmax_view
+from ..threads import threads_for
+from ._checks import describe, float_array, output_buffer
+from .activation import SERIAL_BELOW, softmax_view
 
 
 def _target(target, expected_shape: tuple[int, ...], logits_shape, op: str) -> np.ndarray:
@@ -52,11 +52,11 @@ def _check_range(target: np.ndarray, classes: int, ignore_index: int, op: str) -
     return counted
 
 
-def softmax_cross_entropy(logits, target, ignore_index=-100):
+def softmax_cross_entropy(logits, target, ignore_index=-100, out=None):
     """``(loss, grad_logits)`` with ``loss = −(1/M) Σ_{counted} log softmax(logits)[target]``
     over the M counted targets, and ``grad_logits = (softmax(logits) − onehot(target)) / M`` at
     counted positions, 0 at ignored ones.  With no counted target the loss is NaN (0/0, as in
-    PyTorch) and the gradient 0.
+    PyTorch) and the gradient 0.  ``out``: an optional buffer for grad_logits.
 
     Shape:
         logits (N, C) with target (N,), or logits (N, C, H, W) with target (N, H, W) (any
@@ -79,12 +79,13 @@ def softmax_cross_entropy(logits, target, ignore_index=-100):
         )
     t = _target(target, x.shape[:1] + x.shape[2:], x.shape, op)
     counted = int(_check_range(t, C, int(ignore_index), op).sum())
-    grad = np.empty_like(x)
+    grad = output_buffer(out, x.shape, x.dtype, op)
     blocks = -(-S // _kernels.SOFTMAX_BLOCK)
     task_loss = np.zeros(N * blocks, dtype=np.float64)
     _kernels.softmax_cross_entropy(x.reshape(N, C, S), t.reshape(N, S), grad.reshape(N, C, S),
                                    task_loss, int(ignore_index),
-                                   1.0 / counted if counted else 0.0, get_num_threads())
+                                   1.0 / counted if counted else 0.0,
+                                   threads_for(x.size, SERIAL_BELOW))
     # fsum adds the per-task losses exactly, so the loss does not depend on the thread count.
     loss = math.fsum(task_loss) / counted if counted else math.nan
     return loss, grad

@@ -148,7 +148,7 @@ def max_pool2d(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, o
     return y, indices
 
 
-def _route_to_argmax(op, grad_y, indices, input_shape):
+def _route_to_argmax(op, grad_y, indices, input_shape, out=None):
     grad_y = float_array(grad_y, "grad_y", op, 4)
     shape = _input_shape(input_shape, grad_y, op)
     if not isinstance(indices, np.ndarray) or indices.dtype != np.int64 \
@@ -157,7 +157,7 @@ def _route_to_argmax(op, grad_y, indices, input_shape):
             f"{op}: indices must be the int64 array the forward returned, of grad_y's shape "
             f"{list(grad_y.shape)}; got {describe(indices)}."
         )
-    grad_x = np.empty(shape, grad_y.dtype)
+    grad_x = output_buffer(out, shape, grad_y.dtype, op)
     outside = _kernels.max_pool2d_backward(grad_y, np.ascontiguousarray(indices), grad_x,
                                            _threads(grad_x))
     if outside:
@@ -170,13 +170,46 @@ def _route_to_argmax(op, grad_y, indices, input_shape):
     return grad_x
 
 
-def max_pool2d_backward(grad_y, indices, input_shape):
+def max_pool2d_backward(grad_y, indices, input_shape, out=None):
     """``grad_x[n,c].flat[indices[n,c,i,j]] += grad_y[n,c,i,j]``: each output's gradient goes to
-    the input pixel that won its window.
+    the input pixel that won its window (``out``: an optional buffer for grad_x).
 
     Shape: ``grad_y, indices (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
     """
-    return _route_to_argmax("max_pool2d_backward", grad_y, indices, input_shape)
+    return _route_to_argmax("max_pool2d_backward", grad_y, indices, input_shape, out)
+
+
+class MaxPool2dPlan:
+    """:func:`max_pool2d` checked once for inputs of one per-sample shape ``(C, H, W)``.
+
+    A network's shapes are fixed when its graph is built, so the runtime checks a pooling
+    layer here, once, and its calls skip the checks (at batch 1 they cost more than the
+    pooling).  ``forward(x, y, indices)`` and ``backward(grad_y, indices, grad_x)`` trust their
+    arguments: C-contiguous arrays of one float dtype, of the shapes ``(N, *sample_shape)`` and
+    ``(N, *output_shape)``, and indices that ``forward`` wrote.
+
+    >>> plan = MaxPool2dPlan((6, 28, 28), 2)
+    >>> plan.output_shape
+    (6, 14, 14)
+    """
+
+    def __init__(self, sample_shape, kernel, stride=None, padding=0, dilation=1,
+                 ceil_mode=False):
+        op = "max_pool2d"
+        shape = (1, *sample_shape)
+        if len(shape) != 4 or min(shape[1:]) < 1:
+            raise ShapeError(f"{op}: expected a per-sample shape (C, H, W) with C, H and W ≥ 1; "
+                             f"got {list(sample_shape)}.")
+        k, s, p, d, (oh, ow) = _window(op, shape, kernel, stride, padding, dilation, ceil_mode)
+        _check_taps(op, shape[2:], k, s, p, d, (oh, ow))
+        self.output_shape = (int(sample_shape[0]), oh, ow)
+        self._window = (*k, *s, *p, *d)
+
+    def forward(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> None:
+        _kernels.max_pool2d_forward(x, y, indices, *self._window, _threads(x))
+
+    def backward(self, grad_y: np.ndarray, indices: np.ndarray, grad_x: np.ndarray) -> None:
+        _kernels.max_pool2d_backward(grad_y, indices, grad_x, _threads(grad_x))
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -274,9 +307,9 @@ def adaptive_max_pool2d(x, output_size, out=None):
     return y, indices
 
 
-def adaptive_max_pool2d_backward(grad_y, indices, input_shape):
+def adaptive_max_pool2d_backward(grad_y, indices, input_shape, out=None):
     """As :func:`max_pool2d_backward`: each gradient goes to its bin's winning pixel.
 
     Shape: ``grad_y, indices (N, C, OH, OW) → grad_x input_shape (N, C, H, W)``.
     """
-    return _route_to_argmax("adaptive_max_pool2d_backward", grad_y, indices, input_shape)
+    return _route_to_argmax("adaptive_max_pool2d_backward", grad_y, indices, input_shape, out)
