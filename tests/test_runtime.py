@@ -535,6 +535,82 @@ def test_outputs_yields_every_layer_and_keeps_no_state():
         net.backward(np.ones((2, 4), np.float32))
 
 
+# -- reused buffers, folded relus, flat parameters ---------------------------------------------
+
+LENET_LIKE = spec(
+    (1, 8, 8), 'name="c";type="conv2d";out_channels=3;kernel=3;padding=1',
+    'name="r1";type="relu"', 'name="p";type="maxpool2d";kernel=2', 'name="f";type="flatten"',
+    'name="fc";type="linear";out_features=5', 'name="r2";type="relu"',
+    'name="out";type="linear";out_features=4')
+
+
+def test_relus_fold_into_pools_or_overwrite_only_where_safe():
+    net = loads(LENET_LIKE)
+    kinds = {impl.node.name: impl for impl in net._nodes}
+    assert kinds["r1"].fused and kinds["p"].relu_before and not kinds["r1"].in_place
+    assert kinds["r2"].in_place and not kinds["r2"].fused
+    # A relu reading the input, or a tensor with another reader, or being the output, keeps
+    # its own buffer.
+    net = loads(spec((3,), 'name="r";type="relu"', 'name="fc";type="linear";out_features=2',
+                     'name="r2";type="relu"', 'name="s";type="add";inputs=["fc", "r2"]',
+                     'name="r3";type="relu"'))
+    assert not any(getattr(impl, "in_place", False) or getattr(impl, "fused", False)
+                   for impl in net._nodes)
+
+
+def test_folded_relus_match_the_unfolded_network():
+    """The folded and in-place relus give the values and gradients of plain ones."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    g = rng.standard_normal((4, 4)).astype(np.float32)
+    fast, plain = loads(LENET_LIKE, seed=2), loads(LENET_LIKE, seed=2)
+    for impl in plain._nodes:
+        impl.fused = impl.in_place = impl.relu_before = False
+    for net in (fast, plain):
+        net.forward(x)
+        net.backward(g)
+    assert_close(fast.forward(x), plain.forward(x), "output")
+    for name in fast.grads:
+        assert np.array_equal(fast.grads[name], plain.grads[name]), name
+    inspected = dict((node.name, y) for node, y in fast.outputs(x))
+    assert (inspected["r1"] >= 0).all() and (inspected["c"] < 0).any()
+
+
+def test_returned_arrays_are_the_callers_own():
+    """Layers reuse their buffers from call to call; forward's output and backward's input
+    gradient must not change under the caller afterwards."""
+    net = loads(LENET_LIKE)
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.standard_normal((2, 1, 8, 8)).astype(np.float32) for _ in range(2))
+    g = np.ones((2, 4), np.float32)
+    y1 = net.forward(x1)
+    gx1 = net.backward(g)
+    kept_y, kept_gx = y1.copy(), gx1.copy()
+    net.forward(x2)
+    net.backward(g * 2)
+    assert np.array_equal(y1, kept_y) and np.array_equal(gx1, kept_gx)
+    # A network ending in a layer that returns its input's memory still returns a copy.
+    flat = loads(spec((2, 2, 2), 'name="c";type="conv2d";out_channels=2;kernel=1',
+                      'name="f";type="flatten"'))
+    a = flat.forward(np.ones((1, 2, 2, 2), np.float32))
+    kept = a.copy()
+    flat.forward(np.zeros((1, 2, 2, 2), np.float32))
+    assert np.array_equal(a, kept)
+
+
+def test_parameters_and_gradients_are_views_of_one_flat_array():
+    net = loads(LENET_LIKE)
+    for arrays, flat in ((net.params, net._flat_params), (net.grads, net._flat_grads)):
+        assert all(a.base is flat for a in arrays.values())
+        assert sum(a.size for a in arrays.values()) == flat.size
+    net.forward(np.ones((2, 1, 8, 8), np.float32))
+    net.backward(np.ones((2, 4), np.float32), input_grad=False)
+    assert net._flat_grads.any()
+    replaced = net.grads["fc.bias"] = np.ones(5, np.float32)  # a caller's own array
+    net.zero_grad()
+    assert not net._flat_grads.any() and not replaced.any()
+
+
 def test_unknown_node_type_lists_known_ones():
     node = Node("odd", "mystery", {}, ["input"], [(3,)], (3,))
     with pytest.raises(DeclcnnError, match="layer 'odd' has type 'mystery', which the runtime "

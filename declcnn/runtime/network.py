@@ -11,6 +11,13 @@ initialises the parameters from ``seed`` in node order, and keeps
 As a ``torch.nn.Module``, a new network is in training mode (dropout active, batch norm on
 batch statistics); ``eval()`` switches both off.  Optimisers must update ``params`` in place or
 by assigning new arrays to its keys: nodes look their parameters up on every call.
+
+The arrays of ``params`` are views into one flat array, in order, and so are those of
+``grads``: ``zero_grad`` is one fill, and an optimiser can update every parameter in one
+vectorised pass (``train/optimizers.py`` does when it finds them so).  Activations and
+gradients live in buffers each node reuses from batch to batch; what ``forward`` and
+``backward`` return is the caller's own.  A relu that only a max pool reads is folded into the
+pool, and one that is the only reader of a conv, linear or batch-norm output overwrites it.
 """
 
 from __future__ import annotations
@@ -22,9 +29,12 @@ import numpy as np
 from ..errors import CheckpointError, DeclcnnError, ShapeError
 from ..graph.graph import Graph, Node
 from ..graph.summary import format_summary
-from .nodes import make_node
+from .nodes import MaxPool2d, ReLU, make_node
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Layers whose backward reads neither their output nor anything sharing its memory: a relu may
+# overwrite their output in place.
+_OVERWRITABLE = frozenset({"conv2d", "conv_transpose2d", "linear", "batchnorm2d"})
 
 NodeCall = Callable[..., object]
 """``around(node, run, *args)`` runs one node's step as ``run(*args)`` and returns its result."""
@@ -49,12 +59,54 @@ class Network:
         init_rng = np.random.default_rng(init_seed)
         for impl in self._nodes:
             impl.initialise(init_rng)
+        self._flat_params = _flatten(self.params, self.dtype)
         self.grads = {name: np.zeros_like(value) for name, value in self.params.items()}
+        self._flat_grads = _flatten(self.grads, self.dtype)
         self.dropout_rng = np.random.default_rng(dropout_seed)
         self.training = True
-        self._readers = {name: len(readers) for name, readers in graph.consumers().items()}
+        consumers = graph.consumers()
         self._requires_grad: dict[bool, dict[str, bool]] = {}
         self._output_shape: tuple[int, ...] | None = None
+        self._plan_in_place(consumers)
+        self._schedule = self._make_schedule()
+
+    def _plan_in_place(self, consumers: dict[str, list[str]]) -> None:
+        """Mark the output node to allocate its output every call, and the relus that can fold
+        into a max pool or overwrite their input."""
+        by_name = {impl.node.name: impl for impl in self._nodes}
+        output = by_name[self.graph.output.name]
+        output.fresh_output = True
+        for impl in self._nodes:
+            if not isinstance(impl, ReLU) or impl is output:
+                continue
+            readers = consumers[impl.node.name]
+            source = impl.node.inputs[0]
+            if len(readers) == 1 and isinstance(by_name[readers[0]], MaxPool2d):
+                impl.fused = True
+                by_name[readers[0]].relu_before = True
+            elif (source != Graph.INPUT and by_name[source].node.type in _OVERWRITABLE
+                  and len(consumers[source]) == 1):
+                impl.in_place = True
+        self._copy_output = output.may_alias_input
+
+    def _make_schedule(self):
+        """Per node: (impl, indices of its inputs in the value list, indices freed after it).
+
+        Slot 0 is the input, slot i + 1 node i's output; a value is freed after its last
+        reader has run (reused buffers stay with their nodes; this frees the rest)."""
+        slot = {Graph.INPUT: 0}
+        for i, impl in enumerate(self._nodes):
+            slot[impl.node.name] = i + 1
+        last_reader = {}
+        for i, impl in enumerate(self._nodes):
+            for name in impl.node.inputs:
+                last_reader[name] = i
+        schedule = []
+        for i, impl in enumerate(self._nodes):
+            frees = tuple(sorted({slot[name] for name in impl.node.inputs
+                                  if last_reader[name] == i and name != self.graph.output.name}))
+            schedule.append((impl, tuple(slot[name] for name in impl.node.inputs), frees))
+        return schedule
 
     # -- modes and parameters -------------------------------------------------------------
 
@@ -67,8 +119,10 @@ class Network:
         return self
 
     def zero_grad(self) -> None:
+        self._flat_grads.fill(0)
         for grad in self.grads.values():
-            grad.fill(0)
+            if grad.base is not self._flat_grads:  # replaced by the caller
+                grad.fill(0)
 
     def summary(self, batch_size: int = 1) -> str:
         """The layer table of ``graph/summary.py``: shapes, parameters, multiply-adds."""
@@ -137,6 +191,9 @@ class Network:
     def _check_input(self, x) -> np.ndarray:
         """Check dtype, rank and per-sample shape once; convert float64 / strided input."""
         expected = tuple(self.graph.input_shape)
+        if (type(x) is np.ndarray and x.dtype == self.dtype and x.shape[1:] == expected
+                and x.flags.c_contiguous):
+            return x
         wanted = _shape_text(("N", *expected))
         if not isinstance(x, np.ndarray):
             raise ShapeError(
@@ -169,19 +226,17 @@ class Network:
         every node's forward as ``around(node, run, xs)`` and must return ``run(xs)`` (a
         profiler times each call; ``runtime/profile.py``).
         """
-        values = {Graph.INPUT: self._check_input(x)}
+        values = [self._check_input(x)] + [None] * len(self._nodes)
         self._output_shape = None  # a forward that fails part-way leaves nothing to backward
-        remaining = dict(self._readers)
-        for impl in self._nodes:
-            node = impl.node
-            xs = [values[name] for name in node.inputs]
-            y = impl.forward(xs) if around is None else around(node, impl.forward, xs)
-            for name in node.inputs:
-                remaining[name] -= 1
-                if remaining[name] == 0:
-                    del values[name]
-            values[node.name] = y
-        output = values[self.graph.output.name]
+        for i, (impl, inputs, frees) in enumerate(self._schedule, 1):
+            xs = [values[j] for j in inputs]
+            values[i] = impl.forward(xs) if around is None else around(impl.node, impl.forward,
+                                                                       xs)
+            for j in frees:
+                values[j] = None
+        output = values[len(self._nodes)]
+        if self._copy_output:
+            output = output.copy()
         self._output_shape = output.shape
         return output
 
@@ -194,9 +249,10 @@ class Network:
         self._output_shape = None
         for impl in self._nodes:
             node = impl.node
-            values[node.name] = impl.forward([values[name] for name in node.inputs])
+            values[node.name] = impl.inspect([values[name] for name in node.inputs])
             impl.release()
-            yield node, values[node.name]
+            # A copy: later layers may overwrite the node's buffer (in place, or next call).
+            yield node, values[node.name].copy()
 
     def _requires(self, input_grad: bool) -> dict[str, bool]:
         """Per tensor: does its gradient reach a parameter (or the input when asked)?"""
@@ -258,7 +314,23 @@ class Network:
                     # sum into a new array, then accumulate in place.
                     grads[name] = grads[name] + grad
                     owned.add(name)
-        return grads.get(Graph.INPUT) if input_grad else None
+        if not input_grad:
+            return None
+        grad_input = grads.get(Graph.INPUT)
+        # The caller's own array, not a layer's reused buffer (nor grad_out itself).
+        return None if grad_input is None else np.array(grad_input, copy=True)
+
+
+def _flatten(arrays: dict[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
+    """Copy ``arrays`` into one flat array, in order, and replace each by its view there."""
+    flat = np.empty(sum(a.size for a in arrays.values()), dtype)
+    offset = 0
+    for name, array in arrays.items():
+        view = flat[offset:offset + array.size].reshape(array.shape)
+        view[...] = array
+        arrays[name] = view
+        offset += array.size
+    return flat
 
 
 def _count(names: list[str]) -> str:

@@ -49,24 +49,61 @@ def _centre_window(shape: tuple[int, ...], target: tuple[int, int]) -> tuple[sli
 
 
 class NodeImpl:
-    """Base of every node: the graph node, its network, and what forward saved for backward."""
+    """Base of every node: the graph node, its network, and what forward saved for backward.
+
+    Outputs and gradients go into buffers the node keeps (:meth:`buffer`), allocated once per
+    batch size and reused: a fresh array per call costs page faults that took a fifth of a
+    LeNet training step.  Whatever may still be read after the call returns must not live in
+    them: the network's output node (``fresh_output``) allocates its output every call.
+    """
 
     has_params = False
+    may_alias_input = False  # forward may return (a view of) its input
 
     def __init__(self, node, network):
         self.node = node
         self.config = node.config
         self.network = network
         self.saved = None
+        self.fresh_output = False
+        self._buffers: dict[str, np.ndarray] = {}
+        self._full_names: dict[str, str] = {}
 
     def full_name(self, local: str) -> str:
-        return f"{self.node.name}.{local}"
+        name = self._full_names.get(local)
+        if name is None:
+            name = self._full_names[local] = f"{self.node.name}.{local}"
+        return name
 
     def param(self, local: str) -> np.ndarray:
         return self.network.params[self.full_name(local)]
 
+    def grad(self, local: str) -> np.ndarray:
+        """The gradient array of parameter ``local`` that backward adds into."""
+        return self.network.grads[self.full_name(local)]
+
     def add_grad(self, local: str, grad: np.ndarray) -> None:
         self.network.grads[self.full_name(local)] += grad
+
+    def buffer(self, key: str, shape: tuple[int, ...], dtype=None) -> np.ndarray:
+        """This node's reusable array ``key`` of ``shape`` (the network's dtype by default),
+        reallocated only when the shape (a new batch size) or dtype changes."""
+        dtype = self.network.dtype if dtype is None else dtype
+        array = self._buffers.get(key)
+        if array is None or array.shape != shape or array.dtype != dtype:
+            array = self._buffers[key] = np.empty(shape, dtype)
+        return array
+
+    def output(self, shape: tuple[int, ...]) -> np.ndarray:
+        """The array forward writes its output into: reused, or new for the output node."""
+        if self.fresh_output:
+            return np.empty(shape, self.network.dtype)
+        return self.buffer("y", shape)
+
+    def inspect(self, xs: list[np.ndarray]) -> np.ndarray:
+        """Forward for :meth:`Network.outputs`: this node's own output even where the runtime
+        fused it with a neighbour."""
+        return self.forward(xs)
 
     def initialise(self, rng: np.random.Generator) -> None:
         """Create this node's entries in ``network.params`` / ``network.buffers``."""
@@ -108,22 +145,35 @@ class _WeightedNode(NodeImpl):
             self.add_grad("bias", grad_b)
 
 
+def _simplest(pair):
+    """An int for an equal pair (the ops' quickest form to check), else the pair."""
+    return pair[0] if pair[0] == pair[1] and type(pair[0]) is int else pair
+
+
 @register("conv2d")
 class Conv2d(_WeightedNode):
     """``y = W ⋆ x + b`` (cross-correlation), PyTorch's ``Conv2d``."""
 
+    def __init__(self, node, network):
+        super().__init__(node, network)
+        c = self.config
+        (top, bottom), (left, right) = c["padding"]
+        padding = c["padding"]
+        if top == bottom and left == right:
+            padding = _simplest((top, left))
+        self.arguments = (_simplest(c["stride"]), padding, _simplest(c["dilation"]),
+                          c["groups"])
+
     def forward(self, xs):
         (x,) = xs
-        c = self.config
         self.saved = x
-        return conv.conv2d(x, self.param("weight"), self.bias(), c["stride"], c["padding"],
-                           c["dilation"], c["groups"])
+        y = self.output((x.shape[0], *self.node.output_shape))
+        return conv.conv2d(x, self.param("weight"), self.bias(), *self.arguments, out=y)
 
     def backward(self, grad_y, needs):
-        c = self.config
         grad_x, grad_w, grad_b = conv.conv2d_backward(
-            grad_y, self.saved, self.param("weight"), c["stride"], c["padding"], c["dilation"],
-            c["groups"], needs_input_grad=needs[0], has_bias=self.has_bias)
+            grad_y, self.saved, self.param("weight"), *self.arguments,
+            needs_input_grad=needs[0], has_bias=self.has_bias)
         self.add_weight_grads(grad_w, grad_b)
         return [grad_x]
 
@@ -154,34 +204,65 @@ class ConvTranspose2d(_WeightedNode):
 class Linear(_WeightedNode):
     """``y = x Wᵀ + b`` on ``N × F``."""
 
+    def __init__(self, node, network):
+        super().__init__(node, network)
+        self.plan = linear.LinearPlan(self.config["in_features"], self.config["out_features"])
+
     def forward(self, xs):
         (x,) = xs
         self.saved = x
-        return linear.linear(x, self.param("weight"), self.bias())
+        y = self.output((x.shape[0], self.plan.out_features))
+        self.plan.forward(x, self.param("weight"), self.bias(), y)
+        return y
 
     def backward(self, grad_y, needs):
-        grad_x, grad_w, grad_b = linear.linear_backward(
-            grad_y, self.saved, self.param("weight"), needs_input_grad=needs[0],
-            has_bias=self.has_bias)
-        self.add_weight_grads(grad_w, grad_b)
+        x = self.saved
+        grad_x = self.buffer("grad_x", x.shape) if needs[0] else None
+        # The GEMMs add the weight and bias gradients straight into the network's.
+        self.plan.backward(grad_y, x, self.param("weight"), grad_x, self.grad("weight"),
+                           self.grad("bias") if self.has_bias else None)
         return [grad_x]
 
 
 @register("maxpool2d")
 class MaxPool2d(NodeImpl):
-    """Window maxima; backward routes each gradient to its window's winner (saved indices)."""
+    """Window maxima; backward routes each gradient to its window's winner (saved indices).
+
+    With ``relu_before`` (set by the network when a relu's only reader is this pool) the pool
+    also applies that relu, after pooling: ``max(relu(x)) = relu(max(x))``, on a quarter of the
+    values for a 2×2 pool.  The gradient is the same too: where a window's maximum is > 0 both
+    route to the same first maximum, and elsewhere both give 0.
+    """
+
+    relu_before = False
+
+    def __init__(self, node, network):
+        super().__init__(node, network)
+        c = self.config
+        # The graph checked the window against the input's shape: this cannot fail.
+        self.plan = pool.MaxPool2dPlan(node.input_shapes[0], c["kernel"], c["stride"],
+                                       c["padding"], c["dilation"], c["ceil_mode"])
 
     def forward(self, xs):
         (x,) = xs
-        c = self.config
-        y, indices = pool.max_pool2d(x, c["kernel"], c["stride"], c["padding"], c["dilation"],
-                                     c["ceil_mode"])
-        self.saved = (indices, x.shape)
+        shape = (x.shape[0], *self.plan.output_shape)
+        y = self.output(shape)
+        indices = self.buffer("indices", shape, np.int64)
+        self.plan.forward(x, y, indices)
+        if self.relu_before:
+            activation.relu_into(y, y)
+        self.saved = (indices, x.shape, y)
         return y
 
     def backward(self, grad_y, needs):
-        indices, shape = self.saved
-        return [pool.max_pool2d_backward(grad_y, indices, shape)]
+        indices, shape, y = self.saved
+        if self.relu_before:
+            masked = self.buffer("grad_relu", y.shape)
+            activation.relu_backward_into(grad_y, y, masked)
+            grad_y = masked
+        grad_x = self.buffer("grad_x", shape)
+        self.plan.backward(grad_y, indices, grad_x)
+        return [grad_x]
 
 
 @register("avgpool2d")
@@ -271,6 +352,8 @@ class SpatialPyramidPool(NodeImpl):
 class Flatten(NodeImpl):
     """``(N, C, H, W) → (N, C·H·W)`` in C order, as ``torch.flatten(x, 1)``."""
 
+    may_alias_input = True
+
     def forward(self, xs):
         (x,) = xs
         self.saved = x.shape
@@ -287,52 +370,83 @@ class _Elementwise(NodeImpl):
 
     def forward(self, xs):
         (x,) = xs
-        y = self.apply(x)
+        y = self.apply(x, self.output(x.shape))
         self.saved = y if self.by_output else x
         return y
 
     def backward(self, grad_y, needs):
-        return [self.derive(grad_y, self.saved)]
+        return [self.derive(grad_y, self.saved, self.buffer("grad_x", grad_y.shape))]
 
 
 @register("relu")
 class ReLU(_Elementwise):
-    def apply(self, x):
-        return activation.relu(x)
+    """``max(x, 0)``.  Backward reads the output (``y > 0`` exactly where ``x > 0``), so the
+    network may let relu overwrite its input (``in_place``: the input's only reader, made by a
+    layer whose backward does not read its output), or fold it into the max pool that is its
+    only reader (``fused``: forward and backward pass through; see :class:`MaxPool2d`)."""
 
-    def derive(self, grad_y, x):
-        return activation.relu_backward(grad_y, x)
+    by_output = True
+    in_place = False
+    fused = False
+
+    @property
+    def may_alias_input(self):
+        return self.in_place or self.fused
+
+    def forward(self, xs):
+        if self.fused:
+            return xs[0]
+        if not self.in_place:
+            return super().forward(xs)
+        (x,) = xs
+        activation.relu_into(x, x)
+        self.saved = x
+        return x
+
+    def backward(self, grad_y, needs):
+        return [grad_y] if self.fused else super().backward(grad_y, needs)
+
+    def inspect(self, xs):
+        return activation.relu(xs[0])
+
+    def apply(self, x, out):
+        activation.relu_into(x, out)
+        return out
+
+    def derive(self, grad_y, y, out):
+        activation.relu_backward_into(grad_y, y, out)
+        return out
 
 
 @register("leaky_relu")
 class LeakyReLU(_Elementwise):
-    def apply(self, x):
-        return activation.leaky_relu(x, self.config["negative_slope"])
+    def apply(self, x, out):
+        return activation.leaky_relu(x, self.config["negative_slope"], out=out)
 
-    def derive(self, grad_y, x):
-        return activation.leaky_relu_backward(grad_y, x, self.config["negative_slope"])
+    def derive(self, grad_y, x, out):
+        return activation.leaky_relu_backward(grad_y, x, self.config["negative_slope"], out=out)
 
 
 @register("sigmoid")
 class Sigmoid(_Elementwise):
     by_output = True
 
-    def apply(self, x):
-        return activation.sigmoid(x)
+    def apply(self, x, out):
+        return activation.sigmoid(x, out=out)
 
-    def derive(self, grad_y, y):
-        return activation.sigmoid_backward(grad_y, y)
+    def derive(self, grad_y, y, out):
+        return activation.sigmoid_backward(grad_y, y, out=out)
 
 
 @register("tanh")
 class Tanh(_Elementwise):
     by_output = True
 
-    def apply(self, x):
-        return activation.tanh(x)
+    def apply(self, x, out):
+        return activation.tanh(x, out=out)
 
-    def derive(self, grad_y, y):
-        return activation.tanh_backward(grad_y, y)
+    def derive(self, grad_y, y, out):
+        return activation.tanh_backward(grad_y, y, out=out)
 
 
 @register("softmax")
@@ -341,10 +455,10 @@ class Softmax(_Elementwise):
 
     by_output = True
 
-    def apply(self, x):
-        return activation.softmax(x, axis=1)
+    def apply(self, x, out):
+        return activation.softmax(x, axis=1, out=out)
 
-    def derive(self, grad_y, y):
+    def derive(self, grad_y, y, out):
         return activation.softmax_backward(grad_y, y, axis=1)
 
 
@@ -353,6 +467,8 @@ class Dropout(NodeImpl):
     """In training, zero each value with probability ``p`` and scale the rest by ``1/(1−p)``
     (inverted dropout, as PyTorch), drawing from the network's dropout generator; in
     evaluation, the identity."""
+
+    may_alias_input = True
 
     def forward(self, xs):
         (x,) = xs
@@ -448,6 +564,8 @@ class Add(NodeImpl):
 @register("crop")
 class Crop(NodeImpl):
     """Centre crop to ``size``: keep rows ``[(H−h)//2, (H−h)//2 + h)``, columns likewise."""
+
+    may_alias_input = True  # a crop to the whole size is the input itself
 
     def forward(self, xs):
         (x,) = xs
