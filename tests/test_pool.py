@@ -588,3 +588,28 @@ def test_max_pool2d_plan_matches_the_checked_op(window):
     np.testing.assert_array_equal(gx, P.max_pool2d_backward(gy, indices, x.shape))
     with pytest.raises(ShapeError, match="padding=.* is more than half of kernel"):
         P.MaxPool2dPlan((4, 9, 7), 2, padding=2)
+
+
+@pytest.mark.parametrize("window", [dict(kernel=2), dict(kernel=3, stride=2, padding=1),
+                                    dict(kernel=(2, 3))])
+def test_max_pool2d_plan_with_relu_ties_and_nan(window):
+    """The plan's folded relu equals relu after the checked op, forward and backward, on data
+    full of ties, zeros and NaN (the 2×2 select loop must keep the scan-order rules)."""
+    from declcnn.ops import activation as A
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(-2, 3, (2, 3, 8, 9)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    y, indices = P.max_pool2d(x, **window)
+    plan = P.MaxPool2dPlan(x.shape[1:], **window)
+    y2, indices2 = np.empty_like(y), np.empty_like(indices)
+    plan.forward(x, y2, indices2)
+    np.testing.assert_array_equal(indices2, indices)
+    plan.forward(x, y2, indices2, relu=True)
+    relu_y = A.relu(y)
+    np.testing.assert_array_equal(y2, relu_y)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    gx = np.full_like(x, np.nan)
+    plan.backward(gy, indices2, gx, relu_output=y2)
+    expected = P.max_pool2d_backward(A.relu_backward(gy, relu_y), indices, x.shape)
+    np.testing.assert_array_equal(gx, expected)

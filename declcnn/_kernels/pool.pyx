@@ -306,6 +306,62 @@ def max_pool2d_forward(const floating[:, :, :, ::1] x not None,
                                  yp + r * OW, ip + r * OW)
 
 
+def max_pool2d_forward_2x2(const floating[:, :, :, ::1] x not None,
+                           floating[:, :, :, ::1] y not None,
+                           int64_t[:, :, :, ::1] indices not None, bint relu, int num_threads):
+    """``max_pool2d_forward`` for kernel 2, stride 2, no padding or dilation, floor mode (each
+    window whole inside the input), with ``relu`` applied to the maxima when asked.
+
+    Per window the taps are taken in scan order as :func:`_pick` takes them (a later tap wins
+    when greater or NaN), written as selects so that the loop over a row's windows has no
+    branch.  ``relu`` keeps NaN (``v < 0`` is false for it), as relu does."""
+    cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3], OH = y.shape[2], OW = y.shape[3]
+    if planes == 0 or OH == 0 or OW == 0:
+        return
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef int64_t *ip = &indices[0, 0, 0, 0]
+    cdef Py_ssize_t p
+    with nogil:
+        for p in prange(planes, schedule='static', num_threads=num_threads):
+            _max_plane_2x2(xp + p * H * W, yp + p * OH * OW, ip + p * OH * OW, W, OH, OW, relu)
+
+
+cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *where, Py_ssize_t W,
+                         Py_ssize_t OH, Py_ssize_t OW, bint relu) noexcept nogil:
+    cdef Py_ssize_t oh, ow, c
+    cdef const floating *row0
+    cdef const floating *row1
+    cdef floating best, v
+    cdef int64_t at, base
+    cdef bint take
+    for oh in range(OH):
+        row0 = x + 2 * oh * W
+        row1 = row0 + W
+        base = 2 * oh * W
+        for ow in range(OW):
+            c = 2 * ow
+            best = row0[c]
+            at = base + c
+            v = row0[c + 1]
+            take = (v > best) | (v != v)
+            best = v if take else best
+            at = base + c + 1 if take else at
+            v = row1[c]
+            take = (v > best) | (v != v)
+            best = v if take else best
+            at = base + W + c if take else at
+            v = row1[c + 1]
+            take = (v > best) | (v != v)
+            best = v if take else best
+            at = base + W + c + 1 if take else at
+            if relu:
+                best = 0 if best < 0 else best
+            y[oh * OW + ow] = best
+            where[oh * OW + ow] = at
+
+
 def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x not None,
                                 floating[:, :, :, ::1] y not None,
                                 int64_t[:, :, :, ::1] indices not None,
@@ -338,27 +394,36 @@ def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x not None,
 def max_pool2d_backward(const floating[:, :, :, ::1] grad_y not None,
                         const int64_t[:, :, :, ::1] indices not None,
                         floating[:, :, :, ::1] grad_x not None,
-                        int num_threads):
+                        int num_threads, const floating[:, :, :, ::1] relu_output=None):
     """``grad_x[n,c].flat[indices[n,c,i,j]] += grad_y[n,c,i,j]`` in output scan order (max and
-    adaptive max alike).  Returns how many indices fall outside the ``H·W`` plane (skipped)."""
+    adaptive max alike).  Returns how many indices fall outside the ``H·W`` plane (skipped).
+
+    With ``relu_output`` (the pool's output after a relu the network folded into it) a gradient
+    counts only where that output is > 0 or NaN, as relu's backward: 0 is added instead."""
     cdef Py_ssize_t planes = grad_x.shape[0] * grad_x.shape[1]
     cdef Py_ssize_t HW = grad_x.shape[2] * grad_x.shape[3]
     cdef Py_ssize_t OHW = grad_y.shape[2] * grad_y.shape[3]
     cdef Py_ssize_t p, j
     cdef int64_t at
     cdef Py_ssize_t outside = 0
+    cdef bint masked = relu_output is not None and relu_output.size > 0
+    cdef floating g
     if planes == 0:
         return 0
-    cdef const floating *gyp = &grad_y[0, 0, 0, 0]
-    cdef const int64_t *ip = &indices[0, 0, 0, 0]
+    cdef const floating *gyp = &grad_y[0, 0, 0, 0] if grad_y.size else NULL
+    cdef const int64_t *ip = &indices[0, 0, 0, 0] if indices.size else NULL
+    cdef const floating *yp = &relu_output[0, 0, 0, 0] if masked else NULL
     cdef floating *gxp = &grad_x[0, 0, 0, 0]
     with nogil:
         for p in prange(planes, schedule='static', num_threads=num_threads):
             memset(gxp + p * HW, 0, HW * sizeof(floating))
             for j in range(OHW):
                 at = ip[p * OHW + j]
+                g = gyp[p * OHW + j]
+                if masked:
+                    g = 0 if yp[p * OHW + j] <= 0 else g
                 if 0 <= at < HW:
-                    gxp[p * HW + at] += gyp[p * OHW + j]
+                    gxp[p * HW + at] += g
                 else:
                     outside += 1
     return outside

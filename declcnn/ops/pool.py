@@ -16,6 +16,7 @@ from .._kernels import pool as _kernels
 from ..errors import ShapeError
 from ..threads import get_num_threads
 from ._checks import describe, float_array, is_int, output_buffer, pair
+from .activation import relu_into
 
 _AXES = ("height", "width")
 # Below this many input elements a pooling call takes microseconds, less than waking threads.
@@ -184,9 +185,15 @@ class MaxPool2dPlan:
 
     A network's shapes are fixed when its graph is built, so the runtime checks a pooling
     layer here, once, and its calls skip the checks (at batch 1 they cost more than the
-    pooling).  ``forward(x, y, indices)`` and ``backward(grad_y, indices, grad_x)`` trust their
-    arguments: C-contiguous arrays of one float dtype, of the shapes ``(N, *sample_shape)`` and
-    ``(N, *output_shape)``, and indices that ``forward`` wrote.
+    pooling).  ``forward(x, y, indices, relu)`` and ``backward(grad_y, indices, grad_x,
+    relu_output)`` trust their arguments: C-contiguous arrays of one float dtype, of the shapes
+    ``(N, *sample_shape)`` and ``(N, *output_shape)``, and indices that ``forward`` wrote.
+
+    ``relu`` applies a relu to the maxima (``relu(max(x)) = max(relu(x))``: the runtime folds
+    a relu that only this pool reads into it); ``backward`` then takes that output as
+    ``relu_output`` and passes a window's gradient only where it is > 0 (or NaN), as relu's
+    backward.  2×2 windows of stride 2 inside the input have a branch-free forward of their
+    own.
 
     >>> plan = MaxPool2dPlan((6, 28, 28), 2)
     >>> plan.output_shape
@@ -204,12 +211,22 @@ class MaxPool2dPlan:
         _check_taps(op, shape[2:], k, s, p, d, (oh, ow))
         self.output_shape = (int(sample_shape[0]), oh, ow)
         self._window = (*k, *s, *p, *d)
+        self._pairs = (k == s == (2, 2) and p == (0, 0) and d == (1, 1)
+                       and 2 * oh <= shape[2] and 2 * ow <= shape[3])
 
-    def forward(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray) -> None:
-        _kernels.max_pool2d_forward(x, y, indices, *self._window, _threads(x))
+    def forward(self, x: np.ndarray, y: np.ndarray, indices: np.ndarray,
+                relu: bool = False) -> None:
+        threads = _threads(x)
+        if self._pairs:
+            _kernels.max_pool2d_forward_2x2(x, y, indices, relu, threads)
+            return
+        _kernels.max_pool2d_forward(x, y, indices, *self._window, threads)
+        if relu:
+            relu_into(y, y)
 
-    def backward(self, grad_y: np.ndarray, indices: np.ndarray, grad_x: np.ndarray) -> None:
-        _kernels.max_pool2d_backward(grad_y, indices, grad_x, _threads(grad_x))
+    def backward(self, grad_y: np.ndarray, indices: np.ndarray, grad_x: np.ndarray,
+                 relu_output: np.ndarray | None = None) -> None:
+        _kernels.max_pool2d_backward(grad_y, indices, grad_x, _threads(grad_x), relu_output)
 
 
 def avg_pool2d(x, kernel, stride=None, padding=0, ceil_mode=False, count_include_pad=True,

@@ -248,20 +248,14 @@ class MaxPool2d(NodeImpl):
         shape = (x.shape[0], *self.plan.output_shape)
         y = self.output(shape)
         indices = self.buffer("indices", shape, np.int64)
-        self.plan.forward(x, y, indices)
-        if self.relu_before:
-            activation.relu_into(y, y)
-        self.saved = (indices, x.shape, y)
+        self.plan.forward(x, y, indices, self.relu_before)
+        self.saved = (indices, x.shape, y if self.relu_before else None)
         return y
 
     def backward(self, grad_y, needs):
-        indices, shape, y = self.saved
-        if self.relu_before:
-            masked = self.buffer("grad_relu", y.shape)
-            activation.relu_backward_into(grad_y, y, masked)
-            grad_y = masked
+        indices, shape, relu_output = self.saved
         grad_x = self.buffer("grad_x", shape)
-        self.plan.backward(grad_y, indices, grad_x)
+        self.plan.backward(grad_y, indices, grad_x, relu_output)
         return [grad_x]
 
 
