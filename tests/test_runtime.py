@@ -576,6 +576,18 @@ def test_folded_relus_match_the_unfolded_network():
     assert (inspected["r1"] >= 0).all() and (inspected["c"] < 0).any()
 
 
+def test_backward_after_an_evaluation_forward():
+    """In evaluation a 2×2 max pool keeps no indices; a backward then finds them again."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+    g = rng.standard_normal((3, 4)).astype(np.float32)
+    trained, evaluated = loads(LENET_LIKE, seed=1), loads(LENET_LIKE, seed=1).eval()
+    gx = [net.forward(x) is not None and net.backward(g) for net in (trained, evaluated)]
+    np.testing.assert_array_equal(gx[0], gx[1])
+    for name in trained.grads:
+        np.testing.assert_array_equal(trained.grads[name], evaluated.grads[name])
+
+
 def test_returned_arrays_are_the_callers_own():
     """Layers reuse their buffers from call to call; forward's output and backward's input
     gradient must not change under the caller afterwards."""

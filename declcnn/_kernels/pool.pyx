@@ -310,7 +310,8 @@ def max_pool2d_forward_2x2(const floating[:, :, :, ::1] x not None,
                            floating[:, :, :, ::1] y not None,
                            int64_t[:, :, :, ::1] indices not None, bint relu, int num_threads):
     """``max_pool2d_forward`` for kernel 2, stride 2, no padding or dilation, floor mode (each
-    window whole inside the input), with ``relu`` applied to the maxima when asked.
+    window whole inside the input), with ``relu`` applied to the maxima when asked; an empty
+    ``indices`` (shape (0, 0, 0, 0)) skips them (inference needs none).
 
     Per window the taps are taken in scan order as :func:`_pick` takes them (a later tap wins
     when greater or NaN), written as selects so that the loop over a row's windows has no
@@ -321,11 +322,40 @@ def max_pool2d_forward_2x2(const floating[:, :, :, ::1] x not None,
         return
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &y[0, 0, 0, 0]
-    cdef int64_t *ip = &indices[0, 0, 0, 0]
+    cdef bint values_only = indices.shape[0] == 0
+    cdef int64_t *ip = NULL if values_only else &indices[0, 0, 0, 0]
     cdef Py_ssize_t p
     with nogil:
         for p in prange(planes, schedule='static', num_threads=num_threads):
-            _max_plane_2x2(xp + p * H * W, yp + p * OH * OW, ip + p * OH * OW, W, OH, OW, relu)
+            if values_only:
+                _max_values_2x2(xp + p * H * W, yp + p * OH * OW, W, OH, OW, relu)
+            else:
+                _max_plane_2x2(xp + p * H * W, yp + p * OH * OW, ip + p * OH * OW, W, OH, OW,
+                               relu)
+
+
+cdef void _max_values_2x2(const floating *x, floating *y, Py_ssize_t W, Py_ssize_t OH,
+                          Py_ssize_t OW, bint relu) noexcept nogil:
+    """The maxima of :func:`_max_plane_2x2` without their indices (inference keeps none)."""
+    cdef Py_ssize_t oh, ow, c
+    cdef const floating *row0
+    cdef const floating *row1
+    cdef floating best, v, zero = 0
+    for oh in range(OH):
+        row0 = x + 2 * oh * W
+        row1 = row0 + W
+        for ow in range(OW):
+            c = 2 * ow
+            best = row0[c]
+            v = row0[c + 1]
+            best = v if (v > best) | (v != v) else best
+            v = row1[c]
+            best = v if (v > best) | (v != v) else best
+            v = row1[c + 1]
+            best = v if (v > best) | (v != v) else best
+            if relu:
+                best = zero if best < zero else best
+            y[oh * OW + ow] = best
 
 
 cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *where, Py_ssize_t W,

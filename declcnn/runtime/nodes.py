@@ -247,15 +247,22 @@ class MaxPool2d(NodeImpl):
         (x,) = xs
         shape = (x.shape[0], *self.plan.output_shape)
         y = self.output(shape)
-        indices = self.buffer("indices", shape, np.int64)
+        indices = None
+        if self.network.training or not self.plan.indices_optional:
+            indices = self.buffer("indices", shape, np.int64)
         self.plan.forward(x, y, indices, self.relu_before)
-        self.saved = (indices, x.shape, y if self.relu_before else None)
+        self.saved = (indices, x, y)
         return y
 
     def backward(self, grad_y, needs):
-        indices, shape, relu_output = self.saved
-        grad_x = self.buffer("grad_x", shape)
-        self.plan.backward(grad_y, indices, grad_x, relu_output)
+        indices, x, y = self.saved
+        if indices is None:
+            # An evaluation-mode forward skipped the indices; find them again (the input is
+            # the forward's, which nothing overwrites before the next forward).
+            indices = self.buffer("indices", y.shape, np.int64)
+            self.plan.forward(x, self.buffer("y_again", y.shape), indices, self.relu_before)
+        grad_x = self.buffer("grad_x", x.shape)
+        self.plan.backward(grad_y, indices, grad_x, y if self.relu_before else None)
         return [grad_x]
 
 
