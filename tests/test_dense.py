@@ -210,6 +210,12 @@ def test_linear_backward_into_buffers_and_accumulating(batch):
     plan, y = L.LinearPlan(9, 5), np.empty((batch, 5), np.float32)
     plan.forward(x, w, b, y)
     np.testing.assert_array_equal(y, L.linear(x, w, b))
+    with_nan = x.copy()
+    with_nan[:1, :1] = np.nan  # relu keeps NaN
+    plan.forward(with_nan, w, b, y, relu=True)
+    expected = L.linear(with_nan, w, b)
+    np.testing.assert_array_equal(y, np.where(expected < 0, 0, expected))
+    assert batch == 0 or np.isnan(y[0]).all()
     plan_out = (np.empty_like(x), np.zeros_like(w), np.zeros_like(b))
     plan.backward(gy, x, w, *plan_out)
     for ours, theirs in zip(plan_out, (gx, gw, gb), strict=True):

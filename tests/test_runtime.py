@@ -548,7 +548,10 @@ def test_relus_fold_into_pools_or_overwrite_only_where_safe():
     net = loads(LENET_LIKE)
     kinds = {impl.node.name: impl for impl in net._nodes}
     assert kinds["r1"].fused and kinds["p"].relu_before and not kinds["r1"].in_place
-    assert kinds["r2"].in_place and not kinds["r2"].fused
+    assert kinds["r2"].applied_before and kinds["fc"].relu_after and not kinds["r2"].in_place
+    net = loads(spec((2, 4, 4), 'name="c";type="conv2d";out_channels=2;kernel=1',
+                     'name="r";type="relu"', 'name="f";type="flatten"'))
+    assert net._nodes[1].in_place
     # A relu reading the input, or a tensor with another reader, or being the output, keeps
     # its own buffer.
     net = loads(spec((3,), 'name="r";type="relu"', 'name="fc";type="linear";out_features=2',
@@ -566,6 +569,7 @@ def test_folded_relus_match_the_unfolded_network():
     fast, plain = loads(LENET_LIKE, seed=2), loads(LENET_LIKE, seed=2)
     for impl in plain._nodes:
         impl.fused = impl.in_place = impl.relu_before = False
+        impl.applied_before = impl.relu_after = False
     for net in (fast, plain):
         net.forward(x)
         net.backward(g)
@@ -574,6 +578,7 @@ def test_folded_relus_match_the_unfolded_network():
         assert np.array_equal(fast.grads[name], plain.grads[name]), name
     inspected = dict((node.name, y) for node, y in fast.outputs(x))
     assert (inspected["r1"] >= 0).all() and (inspected["c"] < 0).any()
+    assert (inspected["r2"] >= 0).all() and (inspected["fc"] < 0).any()
 
 
 def test_backward_after_an_evaluation_forward():

@@ -38,8 +38,10 @@ cdef inline int _blocks(int threads, Py_ssize_t items) noexcept nogil:
 
 
 def linear_forward(const floating[:, ::1] x not None, const floating[:, ::1] weight not None,
-                   const floating[::1] bias not None, floating[:, ::1] y not None, int threads):
-    """y = x·Wᵀ (+ b when ``bias`` is not empty); rows of x split across threads."""
+                   const floating[::1] bias not None, floating[:, ::1] y not None, int threads,
+                   bint relu=False):
+    """y = x·Wᵀ (+ b when ``bias`` is not empty), then max(y, 0) with ``relu`` (NaN stays NaN,
+    as relu); rows of x split across threads."""
     cdef int N = x.shape[0], fin = x.shape[1], fout = weight.shape[0]
     cdef int blocks = _blocks(threads, N), t, row, rows, start, o
     cdef int step = (N + blocks - 1) // blocks
@@ -62,6 +64,15 @@ def linear_forward(const floating[:, ::1] x not None, const floating[:, ::1] wei
                         yp[row * fout + o] = bp[o]
             _gemm(c'N', c'T', rows, fout, fin, xp + start * fin, fin, wp, fin, beta,
                   yp + start * fout, fout)
+            if relu:
+                _relu_run(yp + start * fout, rows * fout)
+
+
+cdef inline void _relu_run(floating *y, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating zero = 0
+    for i in range(n):
+        y[i] = zero if y[i] < zero else y[i]
 
 
 def linear_backward_input(const floating[:, ::1] grad_y not None,

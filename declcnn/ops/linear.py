@@ -143,11 +143,13 @@ class LinearPlan:
             empty = self._no_bias[dtype] = np.empty(0, dtype)
         return empty
 
-    def forward(self, x, weight, bias, y) -> None:
-        """``y = x·Wᵀ + b``."""
+    def forward(self, x, weight, bias, y, relu: bool = False) -> None:
+        """``y = x·Wᵀ + b``, then ``max(y, 0)`` with ``relu`` (a relu the runtime folded into
+        this layer)."""
         if x.shape[0]:
             _kernels.linear_forward(x, weight, self._empty(x.dtype) if bias is None else bias, y,
-                                    threads_for(x.size * self.out_features, _PARALLEL_MIN_MACS))
+                                    threads_for(x.size * self.out_features, _PARALLEL_MIN_MACS),
+                                    relu)
 
     def backward(self, grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
         """``grad_x = gy·W`` (skipped when None); ``grad_weight += gyᵀ·x`` and ``grad_bias +=

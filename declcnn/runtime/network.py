@@ -17,7 +17,8 @@ The arrays of ``params`` are views into one flat array, in order, and so are tho
 vectorised pass (``train/optimizers.py`` does when it finds them so).  Activations and
 gradients live in buffers each node reuses from batch to batch; what ``forward`` and
 ``backward`` return is the caller's own.  A relu that only a max pool reads is folded into the
-pool, and one that is the only reader of a conv, linear or batch-norm output overwrites it.
+pool; one that alone reads a linear layer's output is applied by that layer's kernel; one that
+alone reads a conv or batch-norm output overwrites it.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import numpy as np
 from ..errors import CheckpointError, DeclcnnError, ShapeError
 from ..graph.graph import Graph, Node
 from ..graph.summary import format_summary
-from .nodes import MaxPool2d, ReLU, make_node
+from .nodes import Linear, MaxPool2d, ReLU, make_node
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # Layers whose backward reads neither their output nor anything sharing its memory: a relu may
 # overwrite their output in place.
-_OVERWRITABLE = frozenset({"conv2d", "conv_transpose2d", "linear", "batchnorm2d"})
+_OVERWRITABLE = frozenset({"conv2d", "conv_transpose2d", "batchnorm2d"})
 
 NodeCall = Callable[..., object]
 """``around(node, run, *args)`` runs one node's step as ``run(*args)`` and returns its result."""
@@ -84,8 +85,12 @@ class Network:
             if len(readers) == 1 and isinstance(by_name[readers[0]], MaxPool2d):
                 impl.fused = True
                 by_name[readers[0]].relu_before = True
-            elif (source != Graph.INPUT and by_name[source].node.type in _OVERWRITABLE
-                  and len(consumers[source]) == 1):
+            elif source == Graph.INPUT or len(consumers[source]) != 1:
+                continue
+            elif isinstance(by_name[source], Linear):
+                impl.applied_before = True
+                by_name[source].relu_after = True
+            elif by_name[source].node.type in _OVERWRITABLE:
                 impl.in_place = True
         self._copy_output = output.may_alias_input
 

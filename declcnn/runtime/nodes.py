@@ -204,6 +204,8 @@ class ConvTranspose2d(_WeightedNode):
 class Linear(_WeightedNode):
     """``y = x Wᵀ + b`` on ``N × F``."""
 
+    relu_after = False  # set by the network: apply the relu that alone reads the output
+
     def __init__(self, node, network):
         super().__init__(node, network)
         self.plan = linear.LinearPlan(self.config["in_features"], self.config["out_features"])
@@ -212,6 +214,12 @@ class Linear(_WeightedNode):
         (x,) = xs
         self.saved = x
         y = self.output((x.shape[0], self.plan.out_features))
+        self.plan.forward(x, self.param("weight"), self.bias(), y, self.relu_after)
+        return y
+
+    def inspect(self, xs):
+        (x,) = xs
+        y = np.empty((x.shape[0], self.plan.out_features), self.network.dtype)
         self.plan.forward(x, self.param("weight"), self.bias(), y)
         return y
 
@@ -383,24 +391,28 @@ class _Elementwise(NodeImpl):
 class ReLU(_Elementwise):
     """``max(x, 0)``.  Backward reads the output (``y > 0`` exactly where ``x > 0``), so the
     network may let relu overwrite its input (``in_place``: the input's only reader, made by a
-    layer whose backward does not read its output), or fold it into the max pool that is its
-    only reader (``fused``: forward and backward pass through; see :class:`MaxPool2d`)."""
+    layer whose backward does not read its output), let the linear layer that makes its input
+    apply it (``applied_before``: forward passes through, backward as usual), or fold it into
+    the max pool that is its only reader (``fused``: forward and backward pass through; see
+    :class:`MaxPool2d`)."""
 
     by_output = True
     in_place = False
+    applied_before = False
     fused = False
 
     @property
     def may_alias_input(self):
-        return self.in_place or self.fused
+        return self.in_place or self.fused or self.applied_before
 
     def forward(self, xs):
         if self.fused:
             return xs[0]
-        if not self.in_place:
+        if not (self.in_place or self.applied_before):
             return super().forward(xs)
         (x,) = xs
-        activation.relu_into(x, x)
+        if self.in_place:
+            activation.relu_into(x, x)
         self.saved = x
         return x
 
