@@ -528,16 +528,19 @@ cdef void _store_block(const floating *tile, Py_ssize_t rows, Py_ssize_t q0, flo
 
 
 cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const floating *wp,
-                 floating *tile) noexcept nogil:
-    """tile[m, e] = Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR, e < NB.
+                 floating *out, const Py_ssize_t *rows, bint add) noexcept nogil:
+    """out[rows[m] + e] = (or += when ``add``) Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR,
+    e < NB.
 
     The micro-kernel of the forward and the input gradient.  Fixed trip counts let GCC keep
     the MR × NB block in zmm registers (24 for float32) and unroll the m loop into broadcast
-    FMAs: per k, NV loads of x, MR broadcasts of w, MR·NV FMAs.
+    FMAs: per k, NV loads of x, MR broadcasts of w, MR·NV FMAs.  ``add`` lets the strided input
+    gradient add each tap's row at its offset straight from the registers.
     """
     cdef floating acc[MR * NB]
     cdef Py_ssize_t k, m, e
     cdef const floating *src
+    cdef floating *dst
     cdef floating wv
     for e in range(MR * NB):
         acc[e] = 0
@@ -547,8 +550,14 @@ cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const f
             wv = wp[k * MR + m]
             for e in range(NB):
                 acc[m * NB + e] += wv * src[e]
-    for e in range(MR * NB):
-        tile[e] = acc[e]
+    for m in range(MR):
+        dst = out + rows[m]
+        if add:
+            for e in range(NB):
+                dst[e] += acc[m * NB + e]
+        else:
+            for e in range(NB):
+                dst[e] = acc[m * NB + e]
 
 
 cdef inline void _flush(const floating *acc, double *gw, Py_ssize_t ldw) noexcept nogil:
@@ -649,8 +658,11 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef floating *sp = &scratch[0, 0]
     cdef Py_ssize_t it, n, grp, qb, ob, o
+    cdef Py_ssize_t tile_rows[MR]
     cdef floating *xph
     cdef floating *tile
+    for o in range(MR):
+        tile_rows[o] = o * NB
     with nogil:
         for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
             n = it // g.groups
@@ -661,7 +673,8 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
             for qb in range(p.Lpad // NB):
                 for ob in range(nob):
                     o = grp * g.Og + ob * MR
-                    _block(xph + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile)
+                    _block(xph + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile,
+                           tile_rows, False)
                     _store_block(tile, min(<Py_ssize_t> MR, g.Og - ob * MR), qb * NB,
                                  yp + (n * g.O + o) * g.P, bp + o if has_bias else NULL, &g, &p)
 
@@ -684,7 +697,7 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     _tap_offsets(&g, &p, &off[0], nkb * MR)
     cdef Py_ssize_t[::1] rows = np.arange(g.Og, dtype=np.intp) * p.Lpad
     num_threads = _threads_for(num_threads, g.N * g.groups)
-    cdef Py_ssize_t width = g.Og * p.Lpad + p.size + MR * NB
+    cdef Py_ssize_t width = g.Og * p.Lpad + p.size
     cdef floating[:, ::1] scratch = np.empty((num_threads, width), dtype=dtype)
     cdef bint has_initial = initial.shape[0] > 0
     cdef const floating *gyp = &gy[0, 0, 0, 0]
@@ -694,11 +707,9 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     cdef const Py_ssize_t *rowp = &rows[0]
     cdef floating *gxp = &gx[0, 0, 0, 0]
     cdef floating *sp = &scratch[0, 0]
-    cdef Py_ssize_t it, n, grp, o, qb, kb, m, e, HW = g.H * g.W
+    cdef Py_ssize_t it, n, grp, o, qb, kb, HW = g.H * g.W
     cdef floating *gy_ext
     cdef floating *gxph
-    cdef floating *tile
-    cdef floating *dst
     cdef floating *gx_group
     with nogil:
         for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
@@ -706,7 +717,6 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
             grp = it % g.groups
             gy_ext = sp + threadid() * width
             gxph = gy_ext + g.Og * p.Lpad
-            tile = gxph + p.size
             for o in range(g.Og):
                 _spread_flat(gyp + (n * g.O + grp * g.Og + o) * g.P, gy_ext + o * p.Lpad, &g,
                              &p)
@@ -714,11 +724,7 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
             for qb in range(p.Lpad // NB):
                 for kb in range(nkb):
                     _block(gy_ext + qb * NB, rowp, g.Og, wdp + (grp * nkb + kb) * g.Og * MR,
-                           tile)
-                    for m in range(MR):
-                        dst = gxph + offp[kb * MR + m] + qb * NB
-                        for e in range(NB):
-                            dst[e] += tile[m * NB + e]
+                           gxph + qb * NB, offp + kb * MR, True)
             gx_group = gxp + (n * g.C + grp * g.Cg) * HW
             _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
                        has_initial)
