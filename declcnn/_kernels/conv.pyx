@@ -137,13 +137,26 @@ cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t s
         hi[0] = lo[0]
 
 
+cdef inline void _copy_row(const floating *src, floating *dst, Py_ssize_t lo, Py_ssize_t hi,
+                           Py_ssize_t length, Py_ssize_t stride) noexcept nogil:
+    """dst[s] = src[s·stride] for lo ≤ s < hi, 0 for the rest of dst[0:length]."""
+    cdef Py_ssize_t s
+    memset(dst, 0, lo * sizeof(floating))
+    if stride == 1:  # rows are short: a loop the compiler vectorises beats memcpy
+        for s in range(lo, hi):
+            dst[s] = src[s]
+    else:
+        for s in range(lo, hi):
+            dst[s] = src[s * stride]
+    memset(dst + hi, 0, (length - hi) * sizeof(floating))
+
+
 cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_t oh0,
                   Py_ssize_t oh1) noexcept nogil:
     """col[(c·kh + i)·kw + j, (oh − oh0)·OW + ow] = x[c, oh·sh + i·dh − pt, ow·sw + j·dw − pl]
     for output rows oh0 ≤ oh < oh1, or 0 where that pixel is outside the input."""
-    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
+    cdef Py_ssize_t c, i, j, oh, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
     cdef floating *dst
-    cdef const floating *src
     for c in range(g.Cg):
         for i in range(g.kh):
             for j in range(g.kw):
@@ -155,15 +168,7 @@ cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_
                     if ih < 0 or ih >= g.H:
                         memset(dst, 0, g.OW * sizeof(floating))
                         continue
-                    src = x + (c * g.H + ih) * g.W + off
-                    memset(dst, 0, lo * sizeof(floating))
-                    if g.sw == 1:  # rows are short: a loop the compiler vectorises beats memcpy
-                        for ow in range(lo, hi):
-                            dst[ow] = src[ow]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow] = src[ow * g.sw]
-                    memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
+                    _copy_row(x + (c * g.H + ih) * g.W + off, dst, lo, hi, g.OW, g.sw)
 
 
 cdef void _col2im(const floating *col, floating *x, const Geometry *g, Py_ssize_t oh0,
@@ -336,14 +341,15 @@ cdef void _unpad_plane_add(const floating *xpad, floating *x, const Geometry *g,
             x[ih * g.W + iw] += xpad[(ih + g.pt) * f.Wp + iw + g.pl]
 
 
-cdef void _spread_rows(const floating *y, floating *ext, const Geometry *g,
-                       const Flat *f) noexcept nogil:
-    """ext[oh·Wp + ow] = y[oh, ow], 0 in the columns between rows."""
+cdef void _spread(const floating *y, floating *ext, Py_ssize_t OH, Py_ssize_t OW,
+                  Py_ssize_t row, Py_ssize_t length) noexcept nogil:
+    """ext[oh·row + ow] = y[oh, ow] for an OH × OW plane, 0 between its rows and on up to
+    ``length``: an output plane in a flat layout (``Flat``, ``Phases``)."""
     cdef Py_ssize_t oh, ow
-    memset(ext, 0, f.L * sizeof(floating))
-    for oh in range(g.OH):
-        for ow in range(g.OW):
-            ext[oh * f.Wp + ow] = y[oh * g.OW + ow]
+    memset(ext, 0, length * sizeof(floating))
+    for oh in range(OH):
+        for ow in range(OW):
+            ext[oh * row + ow] = y[oh * OW + ow]
 
 
 cdef void _flat_forward_plane(const floating *xpad, const floating *w, floating *y,
@@ -394,7 +400,7 @@ cdef void _flat_weight_channel(const floating *gy, const floating *x, floating *
     memset(acc, 0, g.kh * g.kw * WEIGHT_CHUNK * sizeof(floating))
     for n in range(g.N):
         _pad_plane(x + (n * g.C + o // g.Og) * g.H * g.W, xpad, g, f)
-        _spread_rows(gy + (n * g.O + o) * g.P, gy_ext, g, f)
+        _spread(gy + (n * g.O + o) * g.P, gy_ext, g.OH, g.OW, f.Wp, f.L)
         for chunk in range((f.L + WEIGHT_CHUNK - 1) // WEIGHT_CHUNK):
             q0 = chunk * WEIGHT_CHUNK
             q1 = min(q0 + WEIGHT_CHUNK, f.L)
@@ -449,9 +455,8 @@ cdef void _split_phases(const floating *x, floating *xph, const Geometry *g,
                         const Phases *p) noexcept nogil:
     """xph[((c·sh + a)·sw + b)·plane + r·Wq + s] = x[c, r·sh + a − pt, s·sw + b − pl], 0 outside
     the input and in the slack after the planes."""
-    cdef Py_ssize_t c, a, b, r, s, ih, lo, hi
+    cdef Py_ssize_t c, a, b, r, ih, lo, hi
     cdef floating *row
-    cdef const floating *src
     for c in range(g.Cg):
         for a in range(g.sh):
             for b in range(g.sw):
@@ -462,15 +467,7 @@ cdef void _split_phases(const floating *x, floating *xph, const Geometry *g,
                     if ih < 0 or ih >= g.H:
                         memset(row, 0, p.Wq * sizeof(floating))
                         continue
-                    src = x + (c * g.H + ih) * g.W + b - g.pl
-                    memset(row, 0, lo * sizeof(floating))
-                    if g.sw == 1:
-                        for s in range(lo, hi):
-                            row[s] = src[s]
-                    else:
-                        for s in range(lo, hi):
-                            row[s] = src[s * g.sw]
-                    memset(row + hi, 0, (p.Wq - hi) * sizeof(floating))
+                    _copy_row(x + (c * g.H + ih) * g.W + b - g.pl, row, lo, hi, p.Wq, g.sw)
     memset(xph + g.Cg * g.sh * g.sw * p.plane, 0, (p.Lpad - p.L) * sizeof(floating))
 
 
@@ -496,16 +493,6 @@ cdef void _merge_phases(const floating *xph, floating *x, const Geometry *g,
                     else:
                         for s in range(lo, hi):
                             dst[s * g.sw] += row[s]
-
-
-cdef void _spread_flat(const floating *y, floating *ext, const Geometry *g,
-                       const Phases *p) noexcept nogil:
-    """ext[oh·Wq + ow] = y[oh, ow] for one channel, 0 between the rows and up to Lpad."""
-    cdef Py_ssize_t oh, ow
-    memset(ext, 0, p.Lpad * sizeof(floating))
-    for oh in range(g.OH):
-        for ow in range(g.OW):
-            ext[oh * p.Wq + ow] = y[oh * g.OW + ow]
 
 
 cdef void _store_block(const floating *tile, Py_ssize_t rows, Py_ssize_t q0, floating *y,
@@ -718,8 +705,8 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
             gy_ext = sp + threadid() * width
             gxph = gy_ext + g.Og * p.Lpad
             for o in range(g.Og):
-                _spread_flat(gyp + (n * g.O + grp * g.Og + o) * g.P, gy_ext + o * p.Lpad, &g,
-                             &p)
+                _spread(gyp + (n * g.O + grp * g.Og + o) * g.P, gy_ext + o * p.Lpad, g.OH, g.OW,
+                        p.Wq, p.Lpad)
             memset(gxph, 0, p.size * sizeof(floating))
             for qb in range(p.Lpad // NB):
                 for kb in range(nkb):
@@ -778,8 +765,8 @@ cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, 
                 base = sp + it * item
                 _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, base, &g, &p)
                 for o in range(g.Og):
-                    _spread_flat(gyp + (n * g.O + grp * g.Og + o) * g.P,
-                                 base + p.size + o * p.Lpad, &g, &p)
+                    _spread(gyp + (n * g.O + grp * g.Og + o) * g.P,
+                            base + p.size + o * p.Lpad, g.OH, g.OW, p.Wq, p.Lpad)
             for blk in prange(blocks, schedule='static', num_threads=block_threads):
                 grp = blk // (nob * nkb)
                 it = blk % (nob * nkb)  # the block within its group: tile, then tap, then ob
@@ -942,8 +929,8 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
                 gxpad = colp + threadid() * width
                 memset(gxpad, 0, f.Hp * f.Wp * sizeof(floating))
                 for m in range(g.Og):
-                    _spread_rows(gyp + (n * g.O + c * g.Og + m) * g.P, gxpad + f.Hp * f.Wp, &g,
-                                 &f)
+                    _spread(gyp + (n * g.O + c * g.Og + m) * g.P, gxpad + f.Hp * f.Wp, g.OH,
+                            g.OW, f.Wp, f.L)
                     _flat_data_plane(gxpad + f.Hp * f.Wp, wp + (c * g.Og + m) * g.kh * g.kw,
                                      gxpad, &g, &f)
                 _fill_rows(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, HW, has_initial)
