@@ -576,46 +576,52 @@ cdef void _reduce_block(const floating *gy, Py_ssize_t ldg, const floating *x,
     cdef floating acc[MO * MK * VL]
     cdef const floating *g[MO]
     cdef const floating *xs[MK]
-    cdef Py_ssize_t steps = samples * (count // VL), run, _step, q = 0, end = count, a, b, e
-    # one flush site, after each run, keeps GCC's accumulators in registers (a flush inside
-    # the step loop sent them to memory)
-    for run in range((steps + REDUCE_RUN - 1) // REDUCE_RUN):
+    cdef Py_ssize_t vectors = count // VL, n = 0, v = 0, v1, vv, pending, q, a, b, e
+    # one flush site, after each run of REDUCE_RUN steps (or the last, shorter one), keeps GCC's
+    # accumulators in registers (a flush inside the step loop sent them to memory); within a
+    # sample the step loop only moves one index, the ten row pointers set once per segment
+    while n < samples:
         for e in range(MO * MK * VL):
             acc[e] = 0
-        for _step in range(min(<Py_ssize_t> REDUCE_RUN, steps - run * REDUCE_RUN)):
+        pending = 0
+        while pending < REDUCE_RUN and n < samples:
+            v1 = min(vectors, v + REDUCE_RUN - pending)
             for a in range(MO):
-                g[a] = gy + a * ldg + q
+                g[a] = gy + n * stride + a * ldg
             for b in range(MK):
-                xs[b] = x + off[b] + q
-            q += VL
-            if q == end:  # on to the next sample
-                q += stride - count
-                end += stride
-            for e in range(VL):
-                acc[0 * VL + e] += g[0][e] * xs[0][e]
-                acc[1 * VL + e] += g[0][e] * xs[1][e]
-                acc[2 * VL + e] += g[0][e] * xs[2][e]
-                acc[3 * VL + e] += g[0][e] * xs[3][e]
-                acc[4 * VL + e] += g[0][e] * xs[4][e]
-                acc[5 * VL + e] += g[0][e] * xs[5][e]
-                acc[6 * VL + e] += g[1][e] * xs[0][e]
-                acc[7 * VL + e] += g[1][e] * xs[1][e]
-                acc[8 * VL + e] += g[1][e] * xs[2][e]
-                acc[9 * VL + e] += g[1][e] * xs[3][e]
-                acc[10 * VL + e] += g[1][e] * xs[4][e]
-                acc[11 * VL + e] += g[1][e] * xs[5][e]
-                acc[12 * VL + e] += g[2][e] * xs[0][e]
-                acc[13 * VL + e] += g[2][e] * xs[1][e]
-                acc[14 * VL + e] += g[2][e] * xs[2][e]
-                acc[15 * VL + e] += g[2][e] * xs[3][e]
-                acc[16 * VL + e] += g[2][e] * xs[4][e]
-                acc[17 * VL + e] += g[2][e] * xs[5][e]
-                acc[18 * VL + e] += g[3][e] * xs[0][e]
-                acc[19 * VL + e] += g[3][e] * xs[1][e]
-                acc[20 * VL + e] += g[3][e] * xs[2][e]
-                acc[21 * VL + e] += g[3][e] * xs[3][e]
-                acc[22 * VL + e] += g[3][e] * xs[4][e]
-                acc[23 * VL + e] += g[3][e] * xs[5][e]
+                xs[b] = x + n * stride + off[b]
+            for vv in range(v, v1):
+                q = vv * VL
+                for e in range(VL):
+                    acc[0 * VL + e] += g[0][q + e] * xs[0][q + e]
+                    acc[1 * VL + e] += g[0][q + e] * xs[1][q + e]
+                    acc[2 * VL + e] += g[0][q + e] * xs[2][q + e]
+                    acc[3 * VL + e] += g[0][q + e] * xs[3][q + e]
+                    acc[4 * VL + e] += g[0][q + e] * xs[4][q + e]
+                    acc[5 * VL + e] += g[0][q + e] * xs[5][q + e]
+                    acc[6 * VL + e] += g[1][q + e] * xs[0][q + e]
+                    acc[7 * VL + e] += g[1][q + e] * xs[1][q + e]
+                    acc[8 * VL + e] += g[1][q + e] * xs[2][q + e]
+                    acc[9 * VL + e] += g[1][q + e] * xs[3][q + e]
+                    acc[10 * VL + e] += g[1][q + e] * xs[4][q + e]
+                    acc[11 * VL + e] += g[1][q + e] * xs[5][q + e]
+                    acc[12 * VL + e] += g[2][q + e] * xs[0][q + e]
+                    acc[13 * VL + e] += g[2][q + e] * xs[1][q + e]
+                    acc[14 * VL + e] += g[2][q + e] * xs[2][q + e]
+                    acc[15 * VL + e] += g[2][q + e] * xs[3][q + e]
+                    acc[16 * VL + e] += g[2][q + e] * xs[4][q + e]
+                    acc[17 * VL + e] += g[2][q + e] * xs[5][q + e]
+                    acc[18 * VL + e] += g[3][q + e] * xs[0][q + e]
+                    acc[19 * VL + e] += g[3][q + e] * xs[1][q + e]
+                    acc[20 * VL + e] += g[3][q + e] * xs[2][q + e]
+                    acc[21 * VL + e] += g[3][q + e] * xs[3][q + e]
+                    acc[22 * VL + e] += g[3][q + e] * xs[4][q + e]
+                    acc[23 * VL + e] += g[3][q + e] * xs[5][q + e]
+            pending += v1 - v
+            v = v1
+            if v == vectors:
+                v = 0
+                n += 1
         _flush(acc, gw, ldw)
 
 
