@@ -13,15 +13,30 @@ convolution), so ``declcnn/ops/conv.py`` calls the same loops for both ops.  Pad
 its top and left sides only: the bottom and right sides are implied by OH and OW, and every tap
 that lands outside the input reads (or writes) nothing.
 
-Per sample × group the work is a GEMM on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW
-columns) through scipy's single-threaded BLAS, inside ``prange``; a 1×1 stride-1 unpadded conv
-uses x itself as that matrix.  The columns are cut into tiles of whole output rows, about
-``TILE_FLOATS`` entries each, so the im2col scratch stays bounded and a small batch of large
-images still splits over threads (forward and weight gradient; the input gradient of one sample
-stays on one thread, because neighbouring tiles add onto the same input rows).  When every
-output channel reads one input channel (C/g = 1: depthwise, with any channel multiplier) direct
-loops replace the GEMM: with stride 1 over a zero-padded copy of the plane, flattened so each tap
-is one long vectorisable loop (``Flat``); otherwise row by row over the taps that hit the input.
+Most convs run direct loops on a *flat, polyphase* copy of the input of one sample × group
+(``Phases``): the padded input is split into its sh·sw stride phases, so that every tap (c, i,
+j) reads one phase plane at a fixed offset, and a plane is read flat, row after row, so that
+output pixel (oh, ow) sits at q = oh·Wq + ow and tap k reads position ``off[k] + q``.  Forward
+and weight gradient are then sums of products of rows that are contiguous in q, which
+register-blocked micro-kernels (``_block``, ``_reduce_block``: fixed-size loops that GCC turns
+into zmm FMAs on accumulators held in registers) run at close to the FMA units' rate with no
+im2col matrix; the Wq − OW columns between output rows are computed and dropped.  The input
+gradient is, for stride 1, the forward loops on gy with the kernel flipped; otherwise
+``_block`` on gy (spread to the flat layout) for a block of taps, each tap's row added back at
+its offset, and the phases merged back into the image.  ``_uses_phases`` says which convs.
+
+The others (strides that leave im2col few copies to make, e.g. ResNet's 3×3 stride 2) are a
+GEMM per sample × group on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW columns) through
+scipy's single-threaded BLAS, inside ``prange``; a 1×1 stride-1 unpadded conv uses x itself as
+that matrix.  The columns are cut into tiles of whole output rows, about ``TILE_FLOATS``
+entries each, so the im2col scratch stays bounded and a small batch of large images still
+splits over threads (forward and weight gradient; the input gradient of one sample stays on
+one thread, because neighbouring tiles add onto the same input rows).  When every output
+channel reads one input channel (C/g = 1: depthwise, with any channel multiplier below four)
+direct loops replace the GEMM: with stride 1 over a zero-padded copy of the plane, flattened so
+each tap is one long vectorisable loop (``Flat``); otherwise row by row over the taps that hit
+the input.
+
 The ops validate, size and allocate the outputs; these loops trust them.
 """
 
@@ -29,9 +44,10 @@ import numpy as np
 
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cython cimport floating
+
+from declcnn._kernels._blas cimport gemm
 
 
 cdef struct Geometry:
@@ -51,6 +67,24 @@ cdef enum:
     TILE_FLOATS = 262144
     # positions per accumulator of the stride-1 depthwise weight gradient
     WEIGHT_CHUNK = 256
+    # ``_block``: MR rows × NB = NV·VL flat positions, 24 zmm accumulators for float32 (MR = 8
+    # rows suits the 6 and 16 output channels of LeNet as well as 64; NV = 3 vectors wastes
+    # little past the end of a small image's L positions: 136 → 144 for LeNet's conv2)
+    MR = 8
+    NV = 3
+    VL = 16
+    NB = NV * VL
+    # ``_reduce_block``: MO output channels × MK taps, 24 accumulators of VL positions each; its
+    # body is written out for these sizes
+    MO = 4
+    MK = 6
+    # floats of phase planes and spread gy per wave of samples in the weight gradient (32 MB)
+    WAVE_FLOATS = 8388608
+    # floats of gy rows per tile of output blocks in the weight gradient (256 KB: 1 MB measured
+    # 5% slower on VGG, 10% on LeNet's conv2)
+    REDUCE_TILE_FLOATS = 65536
+    # vector steps of ``_reduce_block`` between adding its accumulators into double sums
+    REDUCE_RUN = 512
 
 
 cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
@@ -76,17 +110,18 @@ cdef inline int _threads_for(int requested, Py_ssize_t items) noexcept:
     return <int> max(1, min(<Py_ssize_t> requested, items))
 
 
-cdef inline void _gemm(char ta, char tb, int m, int n, int k, const floating *a, int lda,
-                       const floating *b, int ldb, floating beta, floating *c,
-                       int ldc) noexcept nogil:
-    """Row-major ``C = op(A)·op(B) + beta·C`` (m × n) through column-major BLAS, which sees
-    every row-major matrix transposed: it computes ``Cᵀ = op(B)ᵀ·op(A)ᵀ``."""
-    cdef floating one = 1
-    if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &one, <float *> b, &ldb, <float *> a, &lda, &beta, c, &ldc)
-    else:
-        dgemm(&tb, &ta, &n, &m, &k, &one, <double *> b, &ldb, <double *> a, &lda, &beta, c,
-              &ldc)
+cdef inline bint _uses_phases(const Geometry *g) noexcept nogil:
+    """Whether a conv runs on the phase kernels rather than im2col + GEMM or the depthwise loops.
+
+    im2col copies each input pixel kh·kw / (sh·sw) times; from three copies on, the phase
+    kernels win (VGG 3×3: 55 vs 69 ms forward + backward; transposed k4 s2: 20 vs 25 ms), below
+    it the copy is cheap and OpenBLAS's GEMM beats them (ResNet 3×3 s2: 29 vs 38 ms; U-Net k2
+    s2: 16 vs 20 ms).  Depthwise convs keep their per-plane loops unless each input channel has
+    four or more outputs to fill the MR-row blocks (LeNet's first conv, 1 → 6).
+    """
+    if g.pointwise or (g.Cg == 1 and g.Og < 4):
+        return False
+    return g.kh * g.kw >= 3 * g.sh * g.sw
 
 
 cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
@@ -102,13 +137,26 @@ cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t s
         hi[0] = lo[0]
 
 
+cdef inline void _copy_row(const floating *src, floating *dst, Py_ssize_t lo, Py_ssize_t hi,
+                           Py_ssize_t length, Py_ssize_t stride) noexcept nogil:
+    """dst[s] = src[s·stride] for lo ≤ s < hi, 0 for the rest of dst[0:length]."""
+    cdef Py_ssize_t s
+    memset(dst, 0, lo * sizeof(floating))
+    if stride == 1:  # rows are short: a loop the compiler vectorises beats memcpy
+        for s in range(lo, hi):
+            dst[s] = src[s]
+    else:
+        for s in range(lo, hi):
+            dst[s] = src[s * stride]
+    memset(dst + hi, 0, (length - hi) * sizeof(floating))
+
+
 cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_t oh0,
                   Py_ssize_t oh1) noexcept nogil:
     """col[(c·kh + i)·kw + j, (oh − oh0)·OW + ow] = x[c, oh·sh + i·dh − pt, ow·sw + j·dw − pl]
     for output rows oh0 ≤ oh < oh1, or 0 where that pixel is outside the input."""
-    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
+    cdef Py_ssize_t c, i, j, oh, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
     cdef floating *dst
-    cdef const floating *src
     for c in range(g.Cg):
         for i in range(g.kh):
             for j in range(g.kw):
@@ -120,15 +168,7 @@ cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_
                     if ih < 0 or ih >= g.H:
                         memset(dst, 0, g.OW * sizeof(floating))
                         continue
-                    src = x + (c * g.H + ih) * g.W + off
-                    memset(dst, 0, lo * sizeof(floating))
-                    if g.sw == 1:  # rows are short: a loop the compiler vectorises beats memcpy
-                        for ow in range(lo, hi):
-                            dst[ow] = src[ow]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow] = src[ow * g.sw]
-                    memset(dst + hi, 0, (g.OW - hi) * sizeof(floating))
+                    _copy_row(x + (c * g.H + ih) * g.W + off, dst, lo, hi, g.OW, g.sw)
 
 
 cdef void _col2im(const floating *col, floating *x, const Geometry *g, Py_ssize_t oh0,
@@ -301,14 +341,15 @@ cdef void _unpad_plane_add(const floating *xpad, floating *x, const Geometry *g,
             x[ih * g.W + iw] += xpad[(ih + g.pt) * f.Wp + iw + g.pl]
 
 
-cdef void _spread_rows(const floating *y, floating *ext, const Geometry *g,
-                       const Flat *f) noexcept nogil:
-    """ext[oh·Wp + ow] = y[oh, ow], 0 in the columns between rows."""
+cdef void _spread(const floating *y, floating *ext, Py_ssize_t OH, Py_ssize_t OW,
+                  Py_ssize_t row, Py_ssize_t length) noexcept nogil:
+    """ext[oh·row + ow] = y[oh, ow] for an OH × OW plane, 0 between its rows and on up to
+    ``length``: an output plane in a flat layout (``Flat``, ``Phases``)."""
     cdef Py_ssize_t oh, ow
-    memset(ext, 0, f.L * sizeof(floating))
-    for oh in range(g.OH):
-        for ow in range(g.OW):
-            ext[oh * f.Wp + ow] = y[oh * g.OW + ow]
+    memset(ext, 0, length * sizeof(floating))
+    for oh in range(OH):
+        for ow in range(OW):
+            ext[oh * row + ow] = y[oh * OW + ow]
 
 
 cdef void _flat_forward_plane(const floating *xpad, const floating *w, floating *y,
@@ -359,7 +400,7 @@ cdef void _flat_weight_channel(const floating *gy, const floating *x, floating *
     memset(acc, 0, g.kh * g.kw * WEIGHT_CHUNK * sizeof(floating))
     for n in range(g.N):
         _pad_plane(x + (n * g.C + o // g.Og) * g.H * g.W, xpad, g, f)
-        _spread_rows(gy + (n * g.O + o) * g.P, gy_ext, g, f)
+        _spread(gy + (n * g.O + o) * g.P, gy_ext, g.OH, g.OW, f.Wp, f.L)
         for chunk in range((f.L + WEIGHT_CHUNK - 1) // WEIGHT_CHUNK):
             q0 = chunk * WEIGHT_CHUNK
             q1 = min(q0 + WEIGHT_CHUNK, f.L)
@@ -369,6 +410,388 @@ cdef void _flat_weight_channel(const floating *gy, const floating *x, floating *
                     acc[t * WEIGHT_CHUNK + q - q0] += gy_ext[q] * xpad[q + off]
     for t in range(g.kh * g.kw):
         gw[t] = <floating> _plane_sum(acc + t * WEIGHT_CHUNK, WEIGHT_CHUNK)
+
+
+cdef struct Phases:
+    # the flat, polyphase layout of one sample × group of a conv-view input: plane (c, a, b),
+    # Hq × Wq, holds the padded input's pixels (r·sh + a, s·sw + b); tap (c, i, j) reads plane
+    # (c, i·dh % sh, j·dw % sw) from row i·dh // sh, column j·dw // sw on
+    Py_ssize_t Hq, Wq, plane
+    Py_ssize_t L, Lpad          # flat outputs q = oh·Wq + ow < L; Lpad rounds L up to blocks
+    Py_ssize_t size             # the planes plus the Lpad − L positions the last block reads
+
+
+cdef inline Py_ssize_t _round_up(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return (a + b - 1) // b * b
+
+
+cdef Phases _phases(const Geometry *g) noexcept nogil:
+    cdef Phases p
+    p.Hq = g.OH + (g.kh - 1) * g.dh // g.sh
+    p.Wq = g.OW + (g.kw - 1) * g.dw // g.sw
+    p.plane = p.Hq * p.Wq
+    p.L = (g.OH - 1) * p.Wq + g.OW
+    p.Lpad = _round_up(p.L, NB)
+    p.size = g.Cg * g.sh * g.sw * p.plane + p.Lpad - p.L
+    return p
+
+
+cdef void _tap_offsets(const Geometry *g, const Phases *p, Py_ssize_t *off,
+                       Py_ssize_t count) noexcept nogil:
+    """off[k] for k = (c·kh + i)·kw + j: where tap k's row starts in the phase planes; 0 for the
+    padding rows k ≥ K of a block (their weights or products are 0 or dropped)."""
+    cdef Py_ssize_t c, i, j, k
+    for k in range(count):
+        off[k] = 0
+    for c in range(g.Cg):
+        for i in range(g.kh):
+            for j in range(g.kw):
+                off[(c * g.kh + i) * g.kw + j] = (
+                    ((c * g.sh + i * g.dh % g.sh) * g.sw + j * g.dw % g.sw) * p.plane
+                    + i * g.dh // g.sh * p.Wq + j * g.dw // g.sw)
+
+
+cdef void _split_phases(const floating *x, floating *xph, const Geometry *g,
+                        const Phases *p) noexcept nogil:
+    """xph[((c·sh + a)·sw + b)·plane + r·Wq + s] = x[c, r·sh + a − pt, s·sw + b − pl], 0 outside
+    the input and in the slack after the planes."""
+    cdef Py_ssize_t c, a, b, r, ih, lo, hi
+    cdef floating *row
+    for c in range(g.Cg):
+        for a in range(g.sh):
+            for b in range(g.sw):
+                _valid_range(b - g.pl, g.sw, g.W, p.Wq, &lo, &hi)
+                for r in range(p.Hq):
+                    row = xph + ((c * g.sh + a) * g.sw + b) * p.plane + r * p.Wq
+                    ih = r * g.sh + a - g.pt
+                    if ih < 0 or ih >= g.H:
+                        memset(row, 0, p.Wq * sizeof(floating))
+                        continue
+                    _copy_row(x + (c * g.H + ih) * g.W + b - g.pl, row, lo, hi, p.Wq, g.sw)
+    memset(xph + g.Cg * g.sh * g.sw * p.plane, 0, (p.Lpad - p.L) * sizeof(floating))
+
+
+cdef void _merge_phases(const floating *xph, floating *x, const Geometry *g,
+                        const Phases *p) noexcept nogil:
+    """The adjoint of ``_split_phases``: x[c, ih, iw] += the plane entry that holds that pixel."""
+    cdef Py_ssize_t c, a, b, r, s, ih, lo, hi
+    cdef const floating *row
+    cdef floating *dst
+    for c in range(g.Cg):
+        for a in range(g.sh):
+            for b in range(g.sw):
+                _valid_range(b - g.pl, g.sw, g.W, p.Wq, &lo, &hi)
+                for r in range(p.Hq):
+                    ih = r * g.sh + a - g.pt
+                    if ih < 0 or ih >= g.H:
+                        continue
+                    row = xph + ((c * g.sh + a) * g.sw + b) * p.plane + r * p.Wq
+                    dst = x + (c * g.H + ih) * g.W + b - g.pl
+                    if g.sw == 1:
+                        for s in range(lo, hi):
+                            dst[s] += row[s]
+                    else:
+                        for s in range(lo, hi):
+                            dst[s * g.sw] += row[s]
+
+
+cdef void _store_block(const floating *tile, Py_ssize_t rows, Py_ssize_t q0, floating *y,
+                       const floating *bias, const Geometry *g, const Phases *p) noexcept nogil:
+    """y[m, oh, ow] = tile[m, q − q0] (+ bias[m]) for m < rows and the flat positions
+    q0 ≤ q = oh·Wq + ow < q0 + NB that are outputs (ow < OW, q < L)."""
+    cdef Py_ssize_t m, q, oh, s0, s1, q1 = min(q0 + NB, p.L)
+    cdef floating b
+    cdef floating *dst
+    oh = q0 // p.Wq
+    while oh * p.Wq < q1:
+        s0 = max(q0, oh * p.Wq)
+        s1 = min(q1, oh * p.Wq + g.OW)
+        for m in range(rows if s1 > s0 else 0):
+            b = bias[m] if bias != NULL else 0
+            dst = y + m * g.P + oh * (g.OW - p.Wq)
+            for q in range(s0, s1):
+                dst[q] = tile[m * NB + q - q0] + b
+        oh += 1
+
+
+cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const floating *wp,
+                 floating *out, const Py_ssize_t *rows, bint add) noexcept nogil:
+    """out[rows[m] + e] = (or += when ``add``) Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR,
+    e < NB.
+
+    The micro-kernel of the forward and the input gradient.  Fixed trip counts let GCC keep
+    the MR × NB block in zmm registers (24 for float32) and unroll the m loop into broadcast
+    FMAs: per k, NV loads of x, MR broadcasts of w, MR·NV FMAs.  ``add`` lets the strided input
+    gradient add each tap's row at its offset straight from the registers.
+    """
+    cdef floating acc[MR * NB]
+    cdef Py_ssize_t k, m, e
+    cdef const floating *src
+    cdef floating *dst
+    cdef floating wv
+    for e in range(MR * NB):
+        acc[e] = 0
+    for k in range(K):
+        src = x + off[k]
+        for m in range(MR):
+            wv = wp[k * MR + m]
+            for e in range(NB):
+                acc[m * NB + e] += wv * src[e]
+    for m in range(MR):
+        dst = out + rows[m]
+        if add:
+            for e in range(NB):
+                dst[e] += acc[m * NB + e]
+        else:
+            for e in range(NB):
+                dst[e] = acc[m * NB + e]
+
+
+cdef inline void _flush(const floating *acc, double *gw, Py_ssize_t ldw) noexcept nogil:
+    """gw[a, b] += the VL lanes of accumulator (a, b), summed pairwise."""
+    cdef floating half[8]  # VL / 2
+    cdef Py_ssize_t a, b, e
+    for a in range(MO):
+        for b in range(MK):
+            for e in range(8):
+                half[e] = acc[(a * MK + b) * VL + e] + acc[(a * MK + b) * VL + 8 + e]
+            for e in range(4):
+                half[e] = half[e] + half[4 + e]
+            gw[a * ldw + b] += (half[0] + half[2]) + (half[1] + half[3])
+
+
+cdef void _reduce_block(const floating *gy, Py_ssize_t ldg, const floating *x,
+                        const Py_ssize_t *off, Py_ssize_t count, Py_ssize_t samples,
+                        Py_ssize_t stride, double *gw, Py_ssize_t ldw) noexcept nogil:
+    """gw[a, b] += Σ_{s < samples} Σ_{q < count} gy[s·stride + a·ldg + q] · x[s·stride + off[b]
+    + q] for a < MO, b < MK (count a multiple of VL).
+
+    The weight-gradient micro-kernel: 24 accumulators of VL positions, held in registers across
+    samples and added into gw (double) every ``REDUCE_RUN`` steps, so no float32 lane sums more
+    than REDUCE_RUN products (a 256×256 image summed in one run missed PyTorch by 4e-2) while
+    a small image's few steps per sample still share one lane sum.  The body is written out,
+    one line per accumulator, because GCC keeps the accumulators in registers only when it sees
+    them that way (as loops over a and b it left them in memory: three times slower).
+    """
+    cdef floating acc[MO * MK * VL]
+    cdef const floating *g[MO]
+    cdef const floating *xs[MK]
+    cdef Py_ssize_t vectors = count // VL, n = 0, v = 0, v1, vv, pending, q, a, b, e
+    # one flush site, after each run of REDUCE_RUN steps (or the last, shorter one), keeps GCC's
+    # accumulators in registers (a flush inside the step loop sent them to memory); within a
+    # sample the step loop only moves one index, the ten row pointers set once per segment
+    while n < samples:
+        for e in range(MO * MK * VL):
+            acc[e] = 0
+        pending = 0
+        while pending < REDUCE_RUN and n < samples:
+            v1 = min(vectors, v + REDUCE_RUN - pending)
+            for a in range(MO):
+                g[a] = gy + n * stride + a * ldg
+            for b in range(MK):
+                xs[b] = x + n * stride + off[b]
+            for vv in range(v, v1):
+                q = vv * VL
+                for e in range(VL):
+                    acc[0 * VL + e] += g[0][q + e] * xs[0][q + e]
+                    acc[1 * VL + e] += g[0][q + e] * xs[1][q + e]
+                    acc[2 * VL + e] += g[0][q + e] * xs[2][q + e]
+                    acc[3 * VL + e] += g[0][q + e] * xs[3][q + e]
+                    acc[4 * VL + e] += g[0][q + e] * xs[4][q + e]
+                    acc[5 * VL + e] += g[0][q + e] * xs[5][q + e]
+                    acc[6 * VL + e] += g[1][q + e] * xs[0][q + e]
+                    acc[7 * VL + e] += g[1][q + e] * xs[1][q + e]
+                    acc[8 * VL + e] += g[1][q + e] * xs[2][q + e]
+                    acc[9 * VL + e] += g[1][q + e] * xs[3][q + e]
+                    acc[10 * VL + e] += g[1][q + e] * xs[4][q + e]
+                    acc[11 * VL + e] += g[1][q + e] * xs[5][q + e]
+                    acc[12 * VL + e] += g[2][q + e] * xs[0][q + e]
+                    acc[13 * VL + e] += g[2][q + e] * xs[1][q + e]
+                    acc[14 * VL + e] += g[2][q + e] * xs[2][q + e]
+                    acc[15 * VL + e] += g[2][q + e] * xs[3][q + e]
+                    acc[16 * VL + e] += g[2][q + e] * xs[4][q + e]
+                    acc[17 * VL + e] += g[2][q + e] * xs[5][q + e]
+                    acc[18 * VL + e] += g[3][q + e] * xs[0][q + e]
+                    acc[19 * VL + e] += g[3][q + e] * xs[1][q + e]
+                    acc[20 * VL + e] += g[3][q + e] * xs[2][q + e]
+                    acc[21 * VL + e] += g[3][q + e] * xs[3][q + e]
+                    acc[22 * VL + e] += g[3][q + e] * xs[4][q + e]
+                    acc[23 * VL + e] += g[3][q + e] * xs[5][q + e]
+            pending += v1 - v
+            v = v1
+            if v == vectors:
+                v = 0
+                n += 1
+        _flush(acc, gw, ldw)
+
+
+cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                     const floating[::1] bias, floating[:, :, :, ::1] y, Geometry g,
+                     int num_threads):
+    """y = conv(x, w) + bias on the flat phase planes: one sample × group per iteration, its
+    output in blocks of NB flat positions × MR output channels."""
+    cdef Phases p = _phases(&g)
+    cdef object dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t nob = _round_up(g.Og, MR) // MR
+    # weights as [group][block of MR channels][tap][channel in block], zero past Og
+    packed = np.zeros((g.groups, nob * MR, g.K), dtype=dtype)
+    packed[:, :g.Og] = np.asarray(w).reshape(g.groups, g.Og, g.K)
+    cdef floating[:, :, :, ::1] wf = np.ascontiguousarray(
+        packed.reshape(g.groups, nob, MR, g.K).transpose(0, 1, 3, 2))
+    cdef Py_ssize_t[::1] off = np.zeros(g.K, dtype=np.intp)
+    _tap_offsets(&g, &p, &off[0], g.K)
+    num_threads = _threads_for(num_threads, g.N * g.groups)
+    cdef Py_ssize_t width = p.size + MR * NB
+    cdef floating[:, ::1] scratch = np.empty((num_threads, width), dtype=dtype)
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const floating *wfp = &wf[0, 0, 0, 0]
+    cdef const floating *bp = &bias[0] if has_bias else NULL
+    cdef const Py_ssize_t *offp = &off[0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef floating *sp = &scratch[0, 0]
+    cdef Py_ssize_t it, n, grp, qb, ob, o
+    cdef Py_ssize_t tile_rows[MR]
+    cdef floating *xph
+    cdef floating *tile
+    for o in range(MR):
+        tile_rows[o] = o * NB
+    with nogil:
+        for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
+            n = it // g.groups
+            grp = it % g.groups
+            xph = sp + threadid() * width
+            tile = xph + p.size
+            _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, xph, &g, &p)
+            for qb in range(p.Lpad // NB):
+                for ob in range(nob):
+                    o = grp * g.Og + ob * MR
+                    _block(xph + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile,
+                           tile_rows, False)
+                    _store_block(tile, min(<Py_ssize_t> MR, g.Og - ob * MR), qb * NB,
+                                 yp + (n * g.O + o) * g.P, bp + o if has_bias else NULL, &g, &p)
+
+
+cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] w,
+                           const floating[::1] initial, floating[:, :, :, ::1] gx, Geometry g,
+                           int num_threads):
+    """gx = initial + convᵀ(gy, w): per sample × group, gy is spread to the flat layout, each
+    block of MR taps gets Σ_o w[o, tap]·gy_ext[o] from ``_block`` and adds it at the tap's
+    offset into zeroed phase planes, which are merged into gx at the end."""
+    cdef Phases p = _phases(&g)
+    cdef object dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t nkb = _round_up(g.K, MR) // MR
+    # weights as [group][block of MR taps][output channel][tap in block], zero past K
+    packed = np.zeros((g.groups, g.Og, nkb * MR), dtype=dtype)
+    packed[:, :, :g.K] = np.asarray(w).reshape(g.groups, g.Og, g.K)
+    cdef floating[:, :, :, ::1] wd = np.ascontiguousarray(
+        packed.reshape(g.groups, g.Og, nkb, MR).transpose(0, 2, 1, 3))
+    cdef Py_ssize_t[::1] off = np.zeros(nkb * MR, dtype=np.intp)
+    _tap_offsets(&g, &p, &off[0], nkb * MR)
+    cdef Py_ssize_t[::1] rows = np.arange(g.Og, dtype=np.intp) * p.Lpad
+    num_threads = _threads_for(num_threads, g.N * g.groups)
+    cdef Py_ssize_t width = g.Og * p.Lpad + p.size
+    cdef floating[:, ::1] scratch = np.empty((num_threads, width), dtype=dtype)
+    cdef bint has_initial = initial.shape[0] > 0
+    cdef const floating *gyp = &gy[0, 0, 0, 0]
+    cdef const floating *wdp = &wd[0, 0, 0, 0]
+    cdef const floating *ip = &initial[0] if has_initial else NULL
+    cdef const Py_ssize_t *offp = &off[0]
+    cdef const Py_ssize_t *rowp = &rows[0]
+    cdef floating *gxp = &gx[0, 0, 0, 0]
+    cdef floating *sp = &scratch[0, 0]
+    cdef Py_ssize_t it, n, grp, o, qb, kb, HW = g.H * g.W
+    cdef floating *gy_ext
+    cdef floating *gxph
+    cdef floating *gx_group
+    with nogil:
+        for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
+            n = it // g.groups
+            grp = it % g.groups
+            gy_ext = sp + threadid() * width
+            gxph = gy_ext + g.Og * p.Lpad
+            for o in range(g.Og):
+                _spread(gyp + (n * g.O + grp * g.Og + o) * g.P, gy_ext + o * p.Lpad, g.OH, g.OW,
+                        p.Wq, p.Lpad)
+            memset(gxph, 0, p.size * sizeof(floating))
+            for qb in range(p.Lpad // NB):
+                for kb in range(nkb):
+                    _block(gy_ext + qb * NB, rowp, g.Og, wdp + (grp * nkb + kb) * g.Og * MR,
+                           gxph + qb * NB, offp + kb * MR, True)
+            gx_group = gxp + (n * g.C + grp * g.Cg) * HW
+            _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
+                       has_initial)
+            _merge_phases(gxph, gx_group, &g, &p)
+
+
+cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
+                             floating[:, :, :, ::1] gw, Geometry g, int num_threads):
+    """gw[o, k] = Σ_n Σ_q gy_ext[n, o, q] · xph[n, off[k] + q].
+
+    Samples go in waves whose phase planes and spread gy fit ``WAVE_FLOATS``: the wave is laid
+    out in parallel, then each MO × MK block of gw is one iteration that sums over every sample
+    of the wave in registers (so the lane sums are rare), and adds onto the block.  No two
+    threads write one entry and the order of the sums never depends on the thread count, so
+    the result is the same bits for any thread count.
+    """
+    cdef Phases p = _phases(&g)
+    cdef object dtype = np.float32 if floating is float else np.float64
+    cdef Py_ssize_t Opad = _round_up(g.Og, MO), Kpad = _round_up(g.K, MK)
+    cdef Py_ssize_t nob = Opad // MO, nkb = Kpad // MK, blocks = g.groups * nob * nkb
+    cdef Py_ssize_t[::1] off = np.zeros(Kpad, dtype=np.intp)
+    _tap_offsets(&g, &p, &off[0], Kpad)
+    # one (sample, group): its phase planes, then its gy spread to Opad rows of Lpad
+    cdef Py_ssize_t item = p.size + Opad * p.Lpad, per_sample = g.groups * item
+    cdef Py_ssize_t wave = max(1, min(g.N, WAVE_FLOATS // per_sample))
+    # every float is written by the layout loop (np.zeros would clear 14 MB a call on VGG)
+    cdef floating[::1] scratch = np.empty(wave * per_sample, dtype=dtype)
+    # blocks go tile by tile of ``span`` output blocks, taps outermost within a tile: the gy rows
+    # of a tile stay in L2 while each tap block's rows come in once for the whole tile (tap
+    # blocks in the inner loop re-read all of x from L3 once per output block: 3× slower)
+    cdef Py_ssize_t span = max(1, min(nob, REDUCE_TILE_FLOATS // (MO * wave * p.Lpad)))
+    cdef Py_ssize_t width
+    cdef double[:, :, ::1] sums = np.zeros((g.groups, Opad, Kpad))
+    cdef int layout_threads = _threads_for(num_threads, wave * g.groups)
+    cdef int block_threads = _threads_for(num_threads, blocks)
+    cdef const floating *gyp = &gy[0, 0, 0, 0]
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const Py_ssize_t *offp = &off[0]
+    cdef floating *gwp = &gw[0, 0, 0, 0]
+    cdef floating *sp = &scratch[0]
+    cdef double *sums_p = &sums[0, 0, 0]
+    cdef Py_ssize_t first, n0, count, it, n, grp, o, blk, ob, kb, k
+    cdef floating *base
+    with nogil:
+        for first in range((g.N + wave - 1) // wave):
+            n0 = first * wave
+            count = min(wave, g.N - n0)
+            for it in prange(count * g.groups, schedule='static', num_threads=layout_threads):
+                n = n0 + it // g.groups
+                grp = it % g.groups
+                base = sp + it * item
+                _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, base, &g, &p)
+                for o in range(g.Og):
+                    _spread(gyp + (n * g.O + grp * g.Og + o) * g.P,
+                            base + p.size + o * p.Lpad, g.OH, g.OW, p.Wq, p.Lpad)
+                # the rows that pad the last block of MO output channels
+                memset(base + p.size + g.Og * p.Lpad, 0,
+                       (Opad - g.Og) * p.Lpad * sizeof(floating))
+            for blk in prange(blocks, schedule='static', num_threads=block_threads):
+                grp = blk // (nob * nkb)
+                it = blk % (nob * nkb)  # the block within its group: tile, then tap, then ob
+                ob = it // (span * nkb) * span
+                width = min(span, nob - ob)
+                kb = it % (span * nkb) // width
+                ob = ob + it % (span * nkb) % width
+                base = sp + grp * item
+                _reduce_block(base + p.size + ob * MO * p.Lpad, p.Lpad, base, offp + kb * MK,
+                              p.Lpad, count, per_sample,
+                              sums_p + (grp * Opad + ob * MO) * Kpad + kb * MK, Kpad)
+        for grp in range(g.groups):
+            for o in range(g.Og):
+                for k in range(g.K):
+                    gwp[(grp * g.Og + o) * g.K + k] = <floating> sums_p[(grp * Opad + o) * Kpad
+                                                                        + k]
 
 
 def conv_forward(const floating[:, :, :, ::1] x not None,
@@ -383,6 +806,9 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
     cdef bint has_bias = bias.shape[0] > 0
     cdef bint direct = g.Cg == 1
     cdef bint flat = direct and g.sh == 1 and g.sw == 1
+    if _uses_phases(&g):
+        _phased_forward(x, w, bias, y, g, num_threads)
+        return
     cdef Flat f = _flat(&g)
     num_threads = _threads_for(num_threads, g.N * g.C if flat else g.N * g.O if direct
                                else g.N * g.groups * g.tiles)
@@ -444,7 +870,7 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
                     ldb = g.P
                 _fill_rows(y_tile, bp + grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
                            has_bias)
-                _gemm(c'N', c'N', g.Og, cols, g.K, wp + grp * g.Og * g.K, g.K, b_mat, ldb, one,
+                gemm(c'N', c'N', g.Og, cols, g.K, wp + grp * g.Og * g.K, g.K, b_mat, ldb, one,
                       y_tile, g.P)
 
 
@@ -465,6 +891,28 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
     cdef bint has_initial = initial.shape[0] > 0
     cdef bint direct = g.Cg == 1
     cdef bint flat = direct and g.sh == 1 and g.sw == 1
+    # stride 1: the input gradient is also the forward conv of gy, padded by the dilated
+    # kernel's reach less the padding, with the kernel flipped and in and out channels swapped;
+    # that gathers (no scattered adds) and reduces over Og·kh·kw, but fills its MR-row blocks
+    # with only Cg channels: take it when it does fewer block FMAs, counting the scatter's
+    # stores and adds as ~6 more reduction steps (measured: VGG 17.2 vs 19.4 ms, grouped g32
+    # 3.2 vs 6.6 ms, LeNet conv2 0.96 vs 0.71 ms)
+    cdef Geometry flipped = _geometry(g.N, g.O, g.OH, g.OW, g.C, g.H, g.W, g.kh, g.kw, 1, 1,
+                                      g.dh * (g.kh - 1) - g.pt, g.dw * (g.kw - 1) - g.pl, g.dh,
+                                      g.dw, g.groups)
+    cdef Phases fp = _phases(&flipped), sp = _phases(&g)
+    cdef const floating[:, :, :, ::1] w_flipped
+    if (_uses_phases(&g) and g.sh == 1 and g.sw == 1 and
+            _round_up(g.Cg, MR) * fp.Lpad * g.Og * g.kh * g.kw
+            < _round_up(g.K, MR) * sp.Lpad * (g.Og + 6)):
+        w_flipped = np.ascontiguousarray(
+            np.asarray(w).reshape(g.groups, g.Og, g.Cg, g.kh, g.kw)[:, :, :, ::-1, ::-1]
+            .transpose(0, 2, 1, 3, 4).reshape(g.C, g.Og, g.kh, g.kw))
+        _phased_forward(gy, w_flipped, initial, gx, flipped, num_threads)
+        return
+    if _uses_phases(&g):
+        _phased_backward_data(gy, w, initial, gx, g, num_threads)
+        return
     cdef Flat f = _flat(&g)
     num_threads = _threads_for(num_threads, g.N * g.C if direct else g.N * g.groups)
     cdef bint use_col = not direct and not g.pointwise
@@ -490,8 +938,8 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
                 gxpad = colp + threadid() * width
                 memset(gxpad, 0, f.Hp * f.Wp * sizeof(floating))
                 for m in range(g.Og):
-                    _spread_rows(gyp + (n * g.O + c * g.Og + m) * g.P, gxpad + f.Hp * f.Wp, &g,
-                                 &f)
+                    _spread(gyp + (n * g.O + c * g.Og + m) * g.P, gxpad + f.Hp * f.Wp, g.OH,
+                            g.OW, f.Wp, f.L)
                     _flat_data_plane(gxpad + f.Hp * f.Wp, wp + (c * g.Og + m) * g.kh * g.kw,
                                      gxpad, &g, &f)
                 _fill_rows(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, HW, has_initial)
@@ -514,13 +962,13 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
                 _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
                            has_initial)
                 if g.pointwise:  # gx rows are the GEMM's output rows: accumulate in place
-                    _gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K, gy_group, g.P,
+                    gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K, gy_group, g.P,
                           one, gx_group, g.P)
                     continue
                 for tile in range(g.tiles):
                     oh0 = tile * g.rows
                     oh1 = min(oh0 + g.rows, g.OH)
-                    _gemm(c'T', c'N', g.K, (oh1 - oh0) * g.OW, g.Og, wp + grp * g.Og * g.K,
+                    gemm(c'T', c'N', g.K, (oh1 - oh0) * g.OW, g.Og, wp + grp * g.Og * g.K,
                           g.K, gy_group + oh0 * g.OW, g.P, zero,
                           colp + threadid() * tile_size, (oh1 - oh0) * g.OW)
                     _col2im(colp + threadid() * tile_size, gx_group, &g, oh0, oh1)
@@ -534,14 +982,17 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
     """gw = Σ_n gy[n] · im2col(x[n])ᵀ per group: the weight gradient of ``conv_forward``.
 
     The GEMM path accumulates into one partial per thread and sums the partials in thread order
-    afterwards; the direct path gives each output channel to one thread.  Either way the bits
-    depend only on the thread count.
+    afterwards; the depthwise paths give each output channel to one thread and the phase path
+    each block of gw.  Either way the bits depend only on the thread count.
     """
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], gy.shape[1],
                                 gy.shape[2], gy.shape[3], gw.shape[2], gw.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
     cdef bint direct = g.Cg == 1
     cdef bint flat = direct and g.sh == 1 and g.sw == 1
+    if _uses_phases(&g):
+        _phased_backward_weight(gy, x, gw, g, num_threads)
+        return
     cdef Flat f = _flat(&g)
     num_threads = _threads_for(num_threads, g.O if direct else g.N * g.groups * g.tiles)
     cdef bint use_col = not direct and not g.pointwise
@@ -589,7 +1040,7 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
                 else:
                     b_mat = x_group + oh0 * g.OW
                     ldb = g.P
-                _gemm(c'N', c'T', g.Og, g.K, cols, gyp + (n * g.O + grp * g.Og) * g.P
+                gemm(c'N', c'T', g.Og, g.K, cols, gyp + (n * g.O + grp * g.Og) * g.P
                       + oh0 * g.OW, g.P, b_mat, ldb, one,
                       partp + threadid() * size + grp * g.Og * g.K, g.K)
             for e in prange(size, schedule='static', num_threads=num_threads):

@@ -11,26 +11,14 @@ and allocate; these loops trust them.
 from cython.parallel cimport prange
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
-from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from cython cimport floating
+
+from declcnn._kernels._blas cimport gemm
 
 cdef enum:
     COLUMNS = 64            # bias-gradient columns per task (stack accumulators)
     MIN_PARALLEL = 32768    # below this many elements one thread beats waking the others
-
-
-cdef inline void _gemm(char ta, char tb, int m, int n, int k, const floating *a, int lda,
-                       const floating *b, int ldb, floating beta, floating *c,
-                       int ldc) noexcept nogil:
-    """Row-major ``C = op(A)·op(B) + beta·C`` (m × n): column-major BLAS sees each row-major
-    matrix transposed, so it is asked for ``Cᵀ = op(B)ᵀ·op(A)ᵀ``."""
-    cdef floating one = 1
-    if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &one, <float *> b, &ldb, <float *> a, &lda, &beta, c, &ldc)
-    else:
-        dgemm(&tb, &ta, &n, &m, &k, &one, <double *> b, &ldb, <double *> a, &lda, &beta, c,
-              &ldc)
 
 
 cdef inline int _blocks(int threads, Py_ssize_t items) noexcept nogil:
@@ -62,7 +50,7 @@ def linear_forward(const floating[:, ::1] x not None, const floating[:, ::1] wei
                 for row in range(start, start + rows):
                     for o in range(fout):
                         yp[row * fout + o] = bp[o]
-            _gemm(c'N', c'T', rows, fout, fin, xp + start * fin, fin, wp, fin, beta,
+            gemm(c'N', c'T', rows, fout, fin, xp + start * fin, fin, wp, fin, beta,
                   yp + start * fout, fout)
             if relu:
                 _relu_run(yp + start * fout, rows * fout)
@@ -91,7 +79,7 @@ def linear_backward_input(const floating[:, ::1] grad_y not None,
             start = t * step
             rows = min(step, N - start)
             if rows > 0:
-                _gemm(c'N', c'N', rows, fin, fout, gyp + start * fout, fout, wp, fin, zero,
+                gemm(c'N', c'N', rows, fin, fout, gyp + start * fout, fout, wp, fin, zero,
                       gxp + start * fin, fin)
 
 
@@ -116,11 +104,11 @@ def linear_backward_weight(const floating[:, ::1] grad_y not None,
             if width <= 0:
                 continue
             if by_rows:
-                _gemm(c'T', c'N', width, fin, N, gyp + start, fout, xp, fin, beta,
-                      gwp + start * fin, fin)
+                gemm(c'T', c'N', width, fin, N, gyp + start, fout, xp, fin, beta,
+                     gwp + start * fin, fin)
             else:
-                _gemm(c'T', c'N', fout, width, N, gyp, fout, xp + start, fin, beta, gwp + start,
-                      fin)
+                gemm(c'T', c'N', fout, width, N, gyp, fout, xp + start, fin, beta, gwp + start,
+                     fin)
 
 
 def column_sums(const floating[:, ::1] a not None, floating[::1] sums not None, int threads,
