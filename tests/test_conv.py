@@ -15,6 +15,7 @@ import declcnn
 from declcnn import ShapeError
 from declcnn._kernels import naive_conv
 from declcnn.ops.conv import (
+    ConvPlan,
     conv2d,
     conv2d_backward,
     conv_transpose2d,
@@ -679,3 +680,46 @@ def test_backward_is_bit_reproducible_for_a_thread_count(restore_threads):
 def test_one_and_two_threads_agree(restore_threads):
     for a, b in zip(_backward_both(1), _backward_both(2), strict=True):
         assert_close(a, b, "1 vs 2 threads", rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_plan_matches_the_checked_ops(transposed):
+    """A plan checked once for a per-sample shape runs the same loops as the ops: same bits,
+    forward and all three gradients, into buffers that held NaN (every value is written), and
+    for a batch of 0 the weight and bias gradients are zeros."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 4, 9, 7)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
+    b = rng.standard_normal(6 if transposed else 4).astype(np.float32)
+    if transposed:
+        args = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)
+        y = conv_transpose2d(x, w, b, **args)
+        plan = ConvPlan.conv_transpose2d(x.shape[1:], w.shape, **args)
+        grads = conv_transpose2d_backward
+    else:
+        args = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
+        w = w[:, :2].copy()
+        y = conv2d(x, w, b, **args)
+        plan = ConvPlan.conv2d(x.shape[1:], w.shape, **args)
+        grads = conv2d_backward
+    assert plan.output_shape == y.shape[1:]
+    y2 = np.full_like(y, np.nan)
+    plan.forward(x, w, b, y2)
+    assert y2.tobytes() == y.tobytes()
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    expected = grads(gy, x, w, **args)
+    got = (np.full_like(x, np.nan), np.full_like(w, np.nan), np.full_like(b, np.nan))
+    plan.backward(gy, x, w, *got)
+    for a, e in zip(got, expected, strict=True):
+        assert a.tobytes() == e.tobytes()
+    plan.backward(gy[:0], x[:0], w, None, got[1], got[2])
+    assert not got[1].any() and not got[2].any()
+
+
+def test_conv_plan_checks_once_with_the_ops_messages():
+    with pytest.raises(ShapeError, match=r"expected a per-sample shape \(C, H, W\).*\[4, 9\]"):
+        ConvPlan.conv2d((4, 9), (2, 4, 3, 3))
+    with pytest.raises(ShapeError, match="expected input\\[1, 4, 9, 9\\] to have 6 channels"):
+        ConvPlan.conv2d((4, 9, 9), (2, 3, 3, 3), groups=2)
+    with pytest.raises(ShapeError, match="output_padding must be smaller"):
+        ConvPlan.conv_transpose2d((4, 5, 5), (4, 2, 3, 3), stride=2, output_padding=2)

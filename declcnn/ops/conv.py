@@ -44,12 +44,6 @@ class _ConvView:
     def kernel_args(self) -> tuple[int, ...]:
         return (*self.stride, *self.pad_top_left, *self.dilation, self.groups)
 
-    def num_threads(self, weight: np.ndarray) -> int:
-        """The configured thread count, or 1 for a call too small to share."""
-        N, _, OH, OW = self.output_shape
-        small = N * OH * OW * weight.size < _PARALLEL_MIN_MACS
-        return 1 if small else get_num_threads()
-
 
 def _groups(groups, op: str) -> int:
     if not is_int(groups) or groups < 1:
@@ -197,6 +191,92 @@ def _transpose_view(op, x, weight, stride, padding, output_padding, groups, dila
     return view, x, w
 
 
+class ConvPlan:
+    """The three conv loops for one checked :class:`_ConvView`, run on trusted arguments.
+
+    The ops below build one per call; a network builds one per layer when its graph is built
+    (:meth:`conv2d` / :meth:`conv_transpose2d` check the layer's per-sample input shape then)
+    and calls it without checks: at batch 1 the checks cost as much as LeNet's convolutions.
+    As for :class:`~declcnn.ops.linear.LinearPlan`, calls trust their arguments: C-contiguous
+    arrays of one float dtype, the planned per-sample shapes and any batch size.
+
+    >>> plan = ConvPlan.conv2d((1, 28, 28), (6, 1, 5, 5), padding=2)
+    >>> plan.output_shape
+    (6, 28, 28)
+    """
+
+    def __init__(self, view: _ConvView, weight_size: int, transposed: bool):
+        self.transposed = transposed
+        self._args = view.kernel_args()
+        _, *conv_output = view.output_shape
+        self._macs_per_sample = conv_output[1] * conv_output[2] * weight_size
+        self.output_shape = tuple(view.input_shape[1:] if transposed else conv_output)
+        self._no_bias: dict[np.dtype, np.ndarray] = {}
+
+    @classmethod
+    def conv2d(cls, sample_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+        """:func:`conv2d`'s checks for inputs of per-sample shape ``(C, H, W)``."""
+        view, _, w = _conv2d_view("conv2d", _sample("conv2d", sample_shape),
+                                  np.empty(weight_shape, np.float32), stride, padding, dilation,
+                                  groups)
+        return cls(view, w.size, transposed=False)
+
+    @classmethod
+    def conv_transpose2d(cls, sample_shape, weight_shape, stride=1, padding=0, output_padding=0,
+                         groups=1, dilation=1):
+        """:func:`conv_transpose2d`'s checks for inputs of per-sample shape ``(C, H, W)``."""
+        op = "conv_transpose2d"
+        view, _, w = _transpose_view(op, _sample(op, sample_shape),
+                                     np.empty(weight_shape, np.float32), stride, padding,
+                                     output_padding, groups, dilation)
+        return cls(view, w.size, transposed=True)
+
+    def _threads(self, batch: int) -> int:
+        """The configured thread count, or 1 for a call too small to share."""
+        return 1 if batch * self._macs_per_sample < _PARALLEL_MIN_MACS else get_num_threads()
+
+    def _empty(self, dtype) -> np.ndarray:
+        empty = self._no_bias.get(dtype)
+        if empty is None:
+            empty = self._no_bias[dtype] = np.empty(0, dtype)
+        return empty
+
+    def forward(self, x, weight, bias, y) -> None:
+        """``y = conv(x, weight) + bias`` (``bias`` None: none); every element of y written."""
+        if not x.shape[0]:
+            return
+        run = _kernels.conv_backward_data if self.transposed else _kernels.conv_forward
+        run(x, weight, self._empty(x.dtype) if bias is None else bias, y, *self._args,
+            self._threads(x.shape[0]))
+
+    def backward(self, grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
+        """Overwrite ``grad_x`` (skipped when None), ``grad_weight`` and ``grad_bias`` (skipped
+        when None) with the gradients for ``grad_y``.  A transposed conv's gy and x are its
+        view's input and output gradient, so the roles of the primitives swap."""
+        if not x.shape[0]:  # an empty batch: no input gradient to fill, nothing to sum
+            grad_weight.fill(0)
+            if grad_bias is not None:
+                grad_bias.fill(0)
+            return
+        threads = self._threads(x.shape[0])
+        view_input, view_grad = (grad_y, x) if self.transposed else (x, grad_y)
+        if grad_x is not None:
+            run = _kernels.conv_forward if self.transposed else _kernels.conv_backward_data
+            run(grad_y, weight, self._empty(x.dtype), grad_x, *self._args, threads)
+        _kernels.conv_backward_weight(view_grad, view_input, grad_weight, *self._args, threads)
+        if grad_bias is not None:
+            _kernels.channel_sums(grad_y, grad_bias, threads)
+
+
+def _sample(op: str, sample_shape) -> np.ndarray:
+    """A one-sample stand-in input of per-sample shape ``(C, H, W)``, for a plan's checks."""
+    shape = tuple(sample_shape)
+    if len(shape) != 3 or not all(is_int(n) and n >= 1 for n in shape):
+        raise ShapeError(f"{op}: expected a per-sample shape (C, H, W) with C, H and W ≥ 1; got "
+                         f"{list(shape)}.")
+    return np.empty((1, *shape), np.float32)
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=None):
     """2-D cross-correlation, as ``torch.nn.functional.conv2d``.
 
@@ -219,7 +299,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=
     b = _bias(bias, view.output_shape[1], x.dtype, "conv2d")
     y = output_buffer(out, view.output_shape, x.dtype, "conv2d")
     if y.size:
-        _kernels.conv_forward(x, w, b, y, *view.kernel_args(), view.num_threads(w))
+        ConvPlan(view, w.size, transposed=False).forward(x, w, b, y)
     return y
 
 
@@ -264,7 +344,7 @@ def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0
     b = _bias(bias, view.input_shape[1], x.dtype, op)
     y = output_buffer(out, view.input_shape, x.dtype, op)
     if y.size:
-        _kernels.conv_backward_data(x, w, b, y, *view.kernel_args(), view.num_threads(w))
+        ConvPlan(view, w.size, transposed=True).forward(x, w, b, y)
     return y
 
 
@@ -287,23 +367,9 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
 
 def _backward(gy, x, w, view: _ConvView, needs_input_grad: bool, has_bias: bool,
               transposed: bool):
-    """The three gradients on the conv view; a transposed conv's gy and x are the view's input
-    and output gradient respectively, so the roles of the primitives swap."""
-    threads = view.num_threads(w)
-    args = view.kernel_args()
-    view_input, view_grad = (gy, x) if transposed else (x, gy)
+    """The three gradients, in new arrays."""
     gx = np.empty(x.shape, dtype=x.dtype) if needs_input_grad else None
-    gw = np.zeros(w.shape, dtype=w.dtype)
-    gb = np.zeros(gy.shape[1], dtype=gy.dtype) if has_bias else None
-    if x.shape[0] == 0:  # an empty batch: no input gradient to fill, nothing to sum
-        return gx, gw, gb
-    no_initial = np.empty(0, dtype=x.dtype)
-    if gx is not None:
-        if transposed:
-            _kernels.conv_forward(gy, w, no_initial, gx, *args, threads)
-        else:
-            _kernels.conv_backward_data(gy, w, no_initial, gx, *args, threads)
-    _kernels.conv_backward_weight(view_grad, view_input, gw, *args, threads)
-    if gb is not None:
-        _kernels.channel_sums(gy, gb, threads)
+    gw = np.empty(w.shape, dtype=w.dtype)
+    gb = np.empty(gy.shape[1], dtype=gy.dtype) if has_bias else None
+    ConvPlan(view, w.size, transposed).backward(gy, x, w, gx, gw, gb)
     return gx, gw, gb

@@ -145,59 +145,49 @@ class _WeightedNode(NodeImpl):
             self.add_grad("bias", grad_b)
 
 
-def _simplest(pair):
-    """An int for an equal pair (the ops' quickest form to check), else the pair."""
-    return pair[0] if pair[0] == pair[1] and type(pair[0]) is int else pair
+class _Conv(_WeightedNode):
+    """Runs its layer's :class:`~declcnn.ops.conv.ConvPlan`, made when the graph is built."""
+
+    plan: conv.ConvPlan
+
+    def forward(self, xs):
+        (x,) = xs
+        self.saved = x
+        y = self.output((x.shape[0], *self.plan.output_shape))
+        self.plan.forward(x, self.param("weight"), self.bias(), y)
+        return y
+
+    def backward(self, grad_y, needs):
+        x, weight = self.saved, self.param("weight")
+        grad_x = self.buffer("grad_x", x.shape) if needs[0] else None
+        grad_w = self.buffer("grad_weight", weight.shape)
+        grad_b = self.buffer("grad_bias", (grad_y.shape[1],)) if self.has_bias else None
+        self.plan.backward(grad_y, x, weight, grad_x, grad_w, grad_b)
+        self.add_weight_grads(grad_w, grad_b)
+        return [grad_x]
 
 
 @register("conv2d")
-class Conv2d(_WeightedNode):
+class Conv2d(_Conv):
     """``y = W ⋆ x + b`` (cross-correlation), PyTorch's ``Conv2d``."""
 
     def __init__(self, node, network):
         super().__init__(node, network)
         c = self.config
-        (top, bottom), (left, right) = c["padding"]
-        padding = c["padding"]
-        if top == bottom and left == right:
-            padding = _simplest((top, left))
-        self.arguments = (_simplest(c["stride"]), padding, _simplest(c["dilation"]),
-                          c["groups"])
-
-    def forward(self, xs):
-        (x,) = xs
-        self.saved = x
-        y = self.output((x.shape[0], *self.node.output_shape))
-        return conv.conv2d(x, self.param("weight"), self.bias(), *self.arguments, out=y)
-
-    def backward(self, grad_y, needs):
-        grad_x, grad_w, grad_b = conv.conv2d_backward(
-            grad_y, self.saved, self.param("weight"), *self.arguments,
-            needs_input_grad=needs[0], has_bias=self.has_bias)
-        self.add_weight_grads(grad_w, grad_b)
-        return [grad_x]
+        self.plan = conv.ConvPlan.conv2d(node.input_shapes[0], node.params["weight"],
+                                         c["stride"], c["padding"], c["dilation"], c["groups"])
 
 
 @register("conv_transpose2d")
-class ConvTranspose2d(_WeightedNode):
+class ConvTranspose2d(_Conv):
     """The adjoint of ``conv2d`` in its input, plus a bias: PyTorch's ``ConvTranspose2d``."""
 
-    def forward(self, xs):
-        (x,) = xs
+    def __init__(self, node, network):
+        super().__init__(node, network)
         c = self.config
-        self.saved = x
-        return conv.conv_transpose2d(x, self.param("weight"), self.bias(), c["stride"],
-                                     c["padding"], c["output_padding"], c["groups"],
-                                     c["dilation"])
-
-    def backward(self, grad_y, needs):
-        c = self.config
-        grad_x, grad_w, grad_b = conv.conv_transpose2d_backward(
-            grad_y, self.saved, self.param("weight"), c["stride"], c["padding"],
-            c["output_padding"], c["groups"], c["dilation"], needs_input_grad=needs[0],
-            has_bias=self.has_bias)
-        self.add_weight_grads(grad_w, grad_b)
-        return [grad_x]
+        self.plan = conv.ConvPlan.conv_transpose2d(
+            node.input_shapes[0], node.params["weight"], c["stride"], c["padding"],
+            c["output_padding"], c["groups"], c["dilation"])
 
 
 @register("linear")
