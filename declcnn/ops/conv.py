@@ -21,12 +21,11 @@ import numpy as np
 from .._kernels import conv as _kernels
 from ..errors import ShapeError
 from ..shapes import conv_output_size, conv_transpose_output_size, dilated_extent, same_padding
-from ..threads import get_num_threads
+from ..threads import threads_for
 from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kernel calls it)
 from ._checks import float_array, is_int, matching_gradient, output_buffer, pair, same_dtype
 
-# Calls with fewer multiply-adds than this run on one thread: waking a second thread costs more
-# than it saves (tens of microseconds, more on a loaded machine), and small layers are common.
+# Calls with fewer multiply-adds than this run on one thread (``threads_for``).
 _PARALLEL_MIN_MACS = 1 << 18
 
 
@@ -232,8 +231,7 @@ class ConvPlan:
         return cls(view, w.size, transposed=True)
 
     def _threads(self, batch: int) -> int:
-        """The configured thread count, or 1 for a call too small to share."""
-        return 1 if batch * self._macs_per_sample < _PARALLEL_MIN_MACS else get_num_threads()
+        return threads_for(batch * self._macs_per_sample, _PARALLEL_MIN_MACS)
 
     def _empty(self, dtype) -> np.ndarray:
         empty = self._no_bias.get(dtype)
