@@ -625,31 +625,51 @@ cdef void _reduce_block(const floating *gy, Py_ssize_t ldg, const floating *x,
         _flush(acc, gw, ldw)
 
 
+cdef void _pack_blocks(const floating *w, floating *packed, Py_ssize_t groups, Py_ssize_t Og,
+                       Py_ssize_t K, bint by_channel) noexcept nogil:
+    """Lay out each group's Og × K weight for ``_block``: ``by_channel`` (the forward) as
+    [block of MR channels][tap][channel in block], else (the input gradient) as [block of MR
+    taps][channel][tap in block]; zero for the channels (taps) that pad the last block."""
+    cdef Py_ssize_t grp, blk, o, k, m, blocks = _round_up(Og if by_channel else K, MR) // MR
+    cdef Py_ssize_t inner = K if by_channel else Og
+    cdef const floating *src
+    cdef floating *dst
+    for grp in range(groups):
+        src = w + grp * Og * K
+        for blk in range(blocks):
+            dst = packed + (grp * blocks + blk) * inner * MR
+            memset(dst, 0, inner * MR * sizeof(floating))
+            for m in range(min(<Py_ssize_t> MR, (Og if by_channel else K) - blk * MR)):
+                if by_channel:
+                    for k in range(K):
+                        dst[k * MR + m] = src[(blk * MR + m) * K + k]
+                else:
+                    for o in range(Og):
+                        dst[o * MR + m] = src[o * K + blk * MR + m]
+
+
 cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                      const floating[::1] bias, floating[:, :, :, ::1] y, Geometry g,
                      int num_threads):
     """y = conv(x, w) + bias on the flat phase planes: one sample × group per iteration, its
     output in blocks of NB flat positions × MR output channels."""
     cdef Phases p = _phases(&g)
-    cdef object dtype = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t nob = _round_up(g.Og, MR) // MR
-    # weights as [group][block of MR channels][tap][channel in block], zero past Og
-    packed = np.zeros((g.groups, nob * MR, g.K), dtype=dtype)
-    packed[:, :g.Og] = np.asarray(w).reshape(g.groups, g.Og, g.K)
-    cdef floating[:, :, :, ::1] wf = np.ascontiguousarray(
-        packed.reshape(g.groups, nob, MR, g.K).transpose(0, 1, 3, 2))
-    cdef Py_ssize_t[::1] off = np.zeros(g.K, dtype=np.intp)
-    _tap_offsets(&g, &p, &off[0], g.K)
+    cdef Py_ssize_t nob = _round_up(g.Og, MR) // MR, packed = g.groups * nob * MR * g.K
     num_threads = _threads_for(num_threads, g.N * g.groups)
     cdef Py_ssize_t width = p.size + MR * NB
-    cdef floating[:, ::1] scratch = np.empty((num_threads, width), dtype=dtype)
+    # the packed weights, then each thread's phase planes and output tile: one allocation,
+    # and the packing in C, because at batch 1 numpy's reshapes cost as much as the conv
+    cdef floating[::1] scratch = np.empty(packed + num_threads * width,
+                                          dtype=np.float32 if floating is float else np.float64)
+    cdef Py_ssize_t[::1] off = np.empty(g.K, dtype=np.intp)
+    _tap_offsets(&g, &p, &off[0], g.K)
     cdef bint has_bias = bias.shape[0] > 0
     cdef const floating *xp = &x[0, 0, 0, 0]
-    cdef const floating *wfp = &wf[0, 0, 0, 0]
+    cdef floating *wfp = &scratch[0]
     cdef const floating *bp = &bias[0] if has_bias else NULL
     cdef const Py_ssize_t *offp = &off[0]
     cdef floating *yp = &y[0, 0, 0, 0]
-    cdef floating *sp = &scratch[0, 0]
+    cdef floating *sp = wfp + packed
     cdef Py_ssize_t it, n, grp, qb, ob, o
     cdef Py_ssize_t tile_rows[MR]
     cdef floating *xph
@@ -657,6 +677,7 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     for o in range(MR):
         tile_rows[o] = o * NB
     with nogil:
+        _pack_blocks(&w[0, 0, 0, 0], wfp, g.groups, g.Og, g.K, True)
         for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
             n = it // g.groups
             grp = it % g.groups
@@ -679,32 +700,31 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     block of MR taps gets Σ_o w[o, tap]·gy_ext[o] from ``_block`` and adds it at the tap's
     offset into zeroed phase planes, which are merged into gx at the end."""
     cdef Phases p = _phases(&g)
-    cdef object dtype = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t nkb = _round_up(g.K, MR) // MR
-    # weights as [group][block of MR taps][output channel][tap in block], zero past K
-    packed = np.zeros((g.groups, g.Og, nkb * MR), dtype=dtype)
-    packed[:, :, :g.K] = np.asarray(w).reshape(g.groups, g.Og, g.K)
-    cdef floating[:, :, :, ::1] wd = np.ascontiguousarray(
-        packed.reshape(g.groups, g.Og, nkb, MR).transpose(0, 2, 1, 3))
-    cdef Py_ssize_t[::1] off = np.zeros(nkb * MR, dtype=np.intp)
-    _tap_offsets(&g, &p, &off[0], nkb * MR)
-    cdef Py_ssize_t[::1] rows = np.arange(g.Og, dtype=np.intp) * p.Lpad
+    cdef Py_ssize_t nkb = _round_up(g.K, MR) // MR, packed = g.groups * nkb * MR * g.Og
     num_threads = _threads_for(num_threads, g.N * g.groups)
     cdef Py_ssize_t width = g.Og * p.Lpad + p.size
-    cdef floating[:, ::1] scratch = np.empty((num_threads, width), dtype=dtype)
+    # the packed weights, then each thread's spread gy and phase planes (as in the forward)
+    cdef floating[::1] scratch = np.empty(packed + num_threads * width,
+                                          dtype=np.float32 if floating is float else np.float64)
+    # the taps' offsets, then the output channels' rows of the spread gy
+    cdef Py_ssize_t[::1] offsets = np.empty(nkb * MR + g.Og, dtype=np.intp)
+    _tap_offsets(&g, &p, &offsets[0], nkb * MR)
     cdef bint has_initial = initial.shape[0] > 0
     cdef const floating *gyp = &gy[0, 0, 0, 0]
-    cdef const floating *wdp = &wd[0, 0, 0, 0]
+    cdef floating *wdp = &scratch[0]
     cdef const floating *ip = &initial[0] if has_initial else NULL
-    cdef const Py_ssize_t *offp = &off[0]
-    cdef const Py_ssize_t *rowp = &rows[0]
+    cdef const Py_ssize_t *offp = &offsets[0]
+    cdef Py_ssize_t *rowp = &offsets[nkb * MR]
     cdef floating *gxp = &gx[0, 0, 0, 0]
-    cdef floating *sp = &scratch[0, 0]
+    cdef floating *sp = wdp + packed
     cdef Py_ssize_t it, n, grp, o, qb, kb, HW = g.H * g.W
     cdef floating *gy_ext
     cdef floating *gxph
     cdef floating *gx_group
+    for o in range(g.Og):
+        rowp[o] = o * p.Lpad
     with nogil:
+        _pack_blocks(&w[0, 0, 0, 0], wdp, g.groups, g.Og, g.K, False)
         for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
             n = it // g.groups
             grp = it % g.groups
