@@ -444,16 +444,18 @@ cdef void _tap_offsets(const Geometry *g, const Phases *p, Py_ssize_t *off,
     padding rows of blocks (their weights or products are 0 or dropped).  ``interleaved``: in
     slot k % B · MR + k // B instead of k, B = count / MR blocks, so that block b holds taps b,
     b + B, b + 2·B, … (see ``_phased_backward_data``)."""
-    cdef Py_ssize_t c, i, j, k
+    cdef Py_ssize_t c, i, j, k, row, blocks = count // MR
     for k in range(count):
         off[k] = 0
+    k = 0
+    # the divisions hoisted out of the loops: at batch 1 they took 7% of LeNet conv2's forward
     for c in range(g.Cg):
         for i in range(g.kh):
+            row = (c * g.sh + i * g.dh % g.sh) * g.sw * p.plane + i * g.dh // g.sh * p.Wq
             for j in range(g.kw):
-                k = (c * g.kh + i) * g.kw + j
-                off[k % (count // MR) * MR + k // (count // MR) if interleaved else k] = (
-                    ((c * g.sh + i * g.dh % g.sh) * g.sw + j * g.dw % g.sw) * p.plane
-                    + i * g.dh // g.sh * p.Wq + j * g.dw // g.sw)
+                off[k % blocks * MR + k // blocks if interleaved else k] = (
+                    row + j * g.dw % g.sw * p.plane + j * g.dw // g.sw)
+                k += 1
 
 
 cdef void _split_phases(const floating *x, floating *xph, const Geometry *g,
