@@ -681,8 +681,13 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef const Py_ssize_t *offp = &off[0]
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef floating *sp = wfp + packed
+    # stride 1 with no padding (LeNet's conv2): the planes are the input as it is, and only
+    # the last sample × group, whose blocks read past the end of x, needs its copy
+    cdef bint as_is = g.sh == 1 and g.sw == 1 and g.pt == 0 and g.pl == 0 \
+        and p.Hq == g.H and p.Wq == g.W
     cdef Py_ssize_t it, n, grp, qb, ob, o
     cdef Py_ssize_t tile_rows[MR]
+    cdef const floating *planes
     cdef floating *xph
     cdef floating *tile
     for o in range(MR):
@@ -694,11 +699,14 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
             grp = it % g.groups
             xph = sp + threadid() * width
             tile = xph + p.size
-            _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, xph, &g, &p)
+            planes = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+            if not as_is or it == g.N * g.groups - 1:
+                _split_phases(planes, xph, &g, &p)
+                planes = xph
             for qb in range(p.Lpad // NB):
                 for ob in range(nob):
                     o = grp * g.Og + ob * MR
-                    _block(xph + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile,
+                    _block(planes + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile,
                            tile_rows, False)
                     _store_block(tile, min(<Py_ssize_t> MR, g.Og - ob * MR), qb * NB,
                                  yp + (n * g.O + o) * g.P, bp + o if has_bias else NULL, &g, &p)
