@@ -438,6 +438,13 @@ cdef Phases _phases(const Geometry *g) noexcept nogil:
     return p
 
 
+cdef inline bint _input_is_phases(const Geometry *g, const Phases *p) noexcept nogil:
+    """Whether one sample × group of the input is its own phase layout (stride 1, no padding:
+    LeNet's conv2), so the phase kernels can read it as it is; they read up to Lpad − L floats
+    past its planes, so the last sample × group of a batch still needs its copy."""
+    return g.sh == 1 and g.sw == 1 and g.pt == 0 and g.pl == 0 and p.Hq == g.H and p.Wq == g.W
+
+
 cdef void _tap_offsets(const Geometry *g, const Phases *p, Py_ssize_t *off,
                        Py_ssize_t count, bint interleaved) noexcept nogil:
     """off[k] for k = (c·kh + i)·kw + j: where tap k's row starts in the phase planes; 0 for the
@@ -569,8 +576,9 @@ cdef inline void _flush(const floating *acc, double *gw, Py_ssize_t ldw) noexcep
 
 cdef void _reduce_block(const floating *gy, Py_ssize_t ldg, const floating *x,
                         const Py_ssize_t *off, Py_ssize_t count, Py_ssize_t samples,
-                        Py_ssize_t stride, double *gw, Py_ssize_t ldw) noexcept nogil:
-    """gw[a, b] += Σ_{s < samples} Σ_{q < count} gy[s·stride + a·ldg + q] · x[s·stride + off[b]
+                        Py_ssize_t stride, Py_ssize_t x_stride, double *gw,
+                        Py_ssize_t ldw) noexcept nogil:
+    """gw[a, b] += Σ_{s < samples} Σ_{q < count} gy[s·stride + a·ldg + q] · x[s·x_stride + off[b]
     + q] for a < MO, b < MK (count a multiple of VL).
 
     The weight-gradient micro-kernel: 24 accumulators of VL positions, held in registers across
@@ -596,7 +604,7 @@ cdef void _reduce_block(const floating *gy, Py_ssize_t ldg, const floating *x,
             for a in range(MO):
                 g[a] = gy + n * stride + a * ldg
             for b in range(MK):
-                xs[b] = x + n * stride + off[b]
+                xs[b] = x + n * x_stride + off[b]
             for vv in range(v, v1):
                 q = vv * VL
                 for e in range(VL):
@@ -681,10 +689,7 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef const Py_ssize_t *offp = &off[0]
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef floating *sp = wfp + packed
-    # stride 1 with no padding (LeNet's conv2): the planes are the input as it is, and only
-    # the last sample × group, whose blocks read past the end of x, needs its copy
-    cdef bint as_is = g.sh == 1 and g.sw == 1 and g.pt == 0 and g.pl == 0 \
-        and p.Hq == g.H and p.Wq == g.W
+    cdef bint as_is = _input_is_phases(&g, &p)
     cdef Py_ssize_t it, n, grp, qb, ob, o
     cdef Py_ssize_t tile_rows[MR]
     cdef const floating *planes
@@ -806,7 +811,9 @@ cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, 
     cdef floating *gwp = &gw[0, 0, 0, 0]
     cdef floating *sp = &scratch[0]
     cdef double *sums_p = &sums[0, 0, 0]
-    cdef Py_ssize_t first, n0, count, it, n, grp, o, blk, ob, kb, k
+    # the input read as it is (``_input_is_phases``) for all samples but the batch's last
+    cdef bint as_is = _input_is_phases(&g, &p)
+    cdef Py_ssize_t first, n0, count, direct, it, n, grp, o, blk, ob, kb, k
     cdef floating *base
     with nogil:
         for first in range((g.N + wave - 1) // wave):
@@ -816,7 +823,8 @@ cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, 
                 n = n0 + it // g.groups
                 grp = it % g.groups
                 base = sp + it * item
-                _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, base, &g, &p)
+                if not as_is or n == g.N - 1:
+                    _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, base, &g, &p)
                 for o in range(g.Og):
                     _spread(gyp + (n * g.O + grp * g.Og + o) * g.P,
                             base + p.size + o * p.Lpad, g.OH, g.OW, p.Wq, p.Lpad)
@@ -831,9 +839,17 @@ cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, 
                 kb = it % (span * nkb) // width
                 ob = ob + it % (span * nkb) % width
                 base = sp + grp * item
-                _reduce_block(base + p.size + ob * MO * p.Lpad, p.Lpad, base, offp + kb * MK,
-                              p.Lpad, count, per_sample,
-                              sums_p + (grp * Opad + ob * MO) * Kpad + kb * MK, Kpad)
+                direct = (count - (n0 + count == g.N)) if as_is else 0
+                if direct:
+                    _reduce_block(base + p.size + ob * MO * p.Lpad, p.Lpad,
+                                  xp + (n0 * g.C + grp * g.Cg) * g.H * g.W, offp + kb * MK,
+                                  p.Lpad, direct, per_sample, g.C * g.H * g.W,
+                                  sums_p + (grp * Opad + ob * MO) * Kpad + kb * MK, Kpad)
+                if count > direct:
+                    base = base + direct * per_sample
+                    _reduce_block(base + p.size + ob * MO * p.Lpad, p.Lpad, base,
+                                  offp + kb * MK, p.Lpad, count - direct, per_sample, per_sample,
+                                  sums_p + (grp * Opad + ob * MO) * Kpad + kb * MK, Kpad)
         for grp in range(g.groups):
             for o in range(g.Og):
                 for k in range(g.K):
