@@ -707,8 +707,10 @@ cdef void _depthwise_block(const floating *x, const Py_ssize_t *off, Py_ssize_t 
             acc[e] += wv * src[e]
             acc[VL + e] += wv * src[VL + e]
             acc[2 * VL + e] += wv * src[2 * VL + e]
-    for e in range(NB):
+    for e in range(VL):
         out[e] = acc[e]
+        out[VL + e] = acc[VL + e]
+        out[2 * VL + e] = acc[2 * VL + e]
 
 
 cdef void _depthwise_reduce(const floating *gy_ext, const floating *xph, const Py_ssize_t *off,
