@@ -214,6 +214,21 @@ def test_depthwise_stride1_matches_torch(seed):
         _random_transpose_case(2000 + seed, depthwise_stride1=True), seed)
 
 
+@pytest.mark.parametrize("seed", range(16))
+def test_depthwise_wide_planes_match_torch(seed):
+    """Depthwise convs on planes wider than a vector, where the depthwise loops move rows VL
+    floats at a time (the last VL overlapping) and their output blocks span rows; the sweeps'
+    small images seldom get there."""
+    rng = np.random.default_rng(4000 + seed)
+    C, multiplier = int(rng.integers(1, 5)), int(rng.integers(1, 4))
+    pairs = [tuple(int(v) for v in rng.integers(low, high, size=2))
+             for low, high in ((1, 6), (1, 3), (1, 3), (0, 4), (16, 40))]
+    kernel, stride, dilation, padding, spatial = pairs
+    check_conv2d_against_torch(dict(x_shape=(2, C, *spatial), w_shape=(C * multiplier, 1, *kernel),
+                                    bias=True, stride=stride, padding=padding,
+                                    dilation=dilation, groups=C), seed)
+
+
 # ---------------------------------------------------------------------------------------------
 # the fast kernels against the numpy twins (no torch needed)
 

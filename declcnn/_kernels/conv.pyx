@@ -33,9 +33,9 @@ entries each, so the im2col scratch stays bounded and a small batch of large ima
 splits over threads (forward and weight gradient; the input gradient of one sample stays on
 one thread, because neighbouring tiles add onto the same input rows).  When every output
 channel reads one input channel (C/g = 1: depthwise, with any channel multiplier below four)
-direct loops replace the GEMM: with stride 1 over a zero-padded copy of the plane, flattened so
-each tap is one long vectorisable loop (``Flat``); otherwise row by row over the taps that hit
-the input.
+the same flat phase planes feed single-channel micro-kernels (``_depthwise_block``,
+``_depthwise_reduce``), one plane at a time; the input gradient is, for stride 1, their
+forward on gy with the kernel flipped, otherwise scattered row by row over the taps.
 
 The ops validate, size and allocate the outputs; these loops trust them.
 """
@@ -43,7 +43,7 @@ The ops validate, size and allocate the outputs; these loops trust them.
 import numpy as np
 
 from cython.parallel cimport prange, threadid
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from cython cimport floating
 
@@ -65,8 +65,6 @@ cdef enum:
     # threads; smaller tiles measured slower (narrow GEMMs: 64×576×3136 per sample ran 24 ms at
     # 256 KB tiles, 22.5 ms at 1 MB, 21.6 ms untiled)
     TILE_FLOATS = 262144
-    # positions per accumulator of the stride-1 depthwise weight gradient
-    WEIGHT_CHUNK = 256
     # ``_block``: MR rows × NB = NV·VL flat positions, 24 zmm accumulators for float32 (MR = 8
     # rows suits the 6 and 16 output channels of LeNet as well as 64; NV = 3 vectors wastes
     # little past the end of a small image's L positions: 136 → 144 for LeNet's conv2)
@@ -74,6 +72,8 @@ cdef enum:
     NV = 3
     VL = 16
     NB = NV * VL
+    # ``_depthwise_reduce``: taps per pass over a plane, one accumulator of VL positions each
+    TB = 9
     # ``_reduce_block``: MO output channels × MK taps, 24 accumulators of VL positions each; its
     # body is written out for these sizes
     MO = 4
@@ -226,32 +226,10 @@ cdef inline double _plane_sum(const floating *a, Py_ssize_t size) noexcept nogil
     return (s0 + s1) + (s2 + s3)
 
 
-cdef void _depthwise_forward_plane(const floating *x, const floating *w, floating *y,
-                                   const Geometry *g) noexcept nogil:
-    """y[oh, ow] += Σ_{i, j} w[i, j] · x[oh·sh + i·dh − pt, ow·sw + j·dw − pl] for one plane."""
-    cdef Py_ssize_t i, j, oh, ow, hlo, hhi, wlo, whi
-    cdef floating wv
-    cdef const floating *src
-    cdef floating *dst
-    for i in range(g.kh):
-        _valid_range(i * g.dh - g.pt, g.sh, g.H, g.OH, &hlo, &hhi)
-        for j in range(g.kw):
-            _valid_range(j * g.dw - g.pl, g.sw, g.W, g.OW, &wlo, &whi)
-            wv = w[i * g.kw + j]
-            for oh in range(hlo, hhi):
-                src = x + (oh * g.sh + i * g.dh - g.pt) * g.W + j * g.dw - g.pl
-                dst = y + oh * g.OW
-                if g.sw == 1:
-                    for ow in range(wlo, whi):
-                        dst[ow] = dst[ow] + wv * src[ow]
-                else:
-                    for ow in range(wlo, whi):
-                        dst[ow] = dst[ow] + wv * src[ow * g.sw]
-
-
 cdef void _depthwise_data_plane(const floating *gy, const floating *w, floating *gx,
                                 const Geometry *g) noexcept nogil:
-    """The adjoint of ``_depthwise_forward_plane`` in x: scatters gy back through the taps."""
+    """gx += the adjoint in x of one depthwise output plane (stride > 1): scatters gy back
+    through the taps, row by row."""
     cdef Py_ssize_t i, j, oh, ow, hlo, hhi, wlo, whi
     cdef floating wv
     cdef const floating *src
@@ -272,77 +250,6 @@ cdef void _depthwise_data_plane(const floating *gy, const floating *w, floating 
                         dst[ow * g.sw] += wv * src[ow]
 
 
-cdef void _depthwise_weight_channel(const floating *gy, const floating *x, floating *gw,
-                                    Py_ssize_t o, floating *rows,
-                                    const Geometry *g) noexcept nogil:
-    """gw[o, 0, i, j] = Σ_{n, oh, ow} gy[n, o, oh, ow] · x[n, o // Og, oh·sh + i·dh − pt, …].
-
-    Each tap sums its products per output column into its own row of ``rows`` (kh·kw × OW), so
-    the inner loop vectorises and one gy row serves every tap while it is in cache.
-    """
-    cdef Py_ssize_t i, j, n, oh, ow, ih, wlo, whi
-    cdef const floating *src
-    cdef const floating *gsrc
-    cdef floating *row
-    memset(rows, 0, g.kh * g.kw * g.OW * sizeof(floating))
-    for n in range(g.N):
-        for oh in range(g.OH):
-            gsrc = gy + ((n * g.O + o) * g.OH + oh) * g.OW
-            for i in range(g.kh):
-                ih = oh * g.sh + i * g.dh - g.pt
-                if ih < 0 or ih >= g.H:
-                    continue
-                for j in range(g.kw):
-                    _valid_range(j * g.dw - g.pl, g.sw, g.W, g.OW, &wlo, &whi)
-                    src = x + ((n * g.C + o // g.Og) * g.H + ih) * g.W + j * g.dw - g.pl
-                    row = rows + (i * g.kw + j) * g.OW
-                    if g.sw == 1:
-                        for ow in range(wlo, whi):
-                            row[ow] = row[ow] + gsrc[ow] * src[ow]
-                    else:
-                        for ow in range(wlo, whi):
-                            row[ow] = row[ow] + gsrc[ow] * src[ow * g.sw]
-    for i in range(g.kh * g.kw):
-        gw[i] = <floating> _plane_sum(rows + i * g.OW, g.OW)
-
-
-cdef struct Flat:
-    # a stride-1 direct conv on a zero-padded plane, flattened: output pixel (oh, ow) sits at
-    # q = oh·Wp + ow and tap (i, j) reads the padded plane at q + i·dh·Wp + j·dw, so every tap is
-    # one long contiguous loop over q (the Wp − OW columns between rows are computed and dropped)
-    Py_ssize_t Hp, Wp, L
-
-
-cdef inline Flat _flat(const Geometry *g) noexcept nogil:
-    cdef Flat f
-    f.Hp = g.OH + g.dh * (g.kh - 1)
-    f.Wp = g.OW + g.dw * (g.kw - 1)
-    f.L = (g.OH - 1) * f.Wp + g.OW
-    return f
-
-
-cdef void _pad_plane(const floating *x, floating *xpad, const Geometry *g,
-                     const Flat *f) noexcept nogil:
-    """xpad[r, q] = x[r − pt, q − pl] inside the input, else 0 (Hp × Wp)."""
-    cdef Py_ssize_t r, q, ih, qhi = min(f.Wp, g.pl + g.W)
-    memset(xpad, 0, f.Hp * f.Wp * sizeof(floating))
-    for r in range(f.Hp):
-        ih = r - g.pt
-        if ih < 0 or ih >= g.H:
-            continue
-        for q in range(g.pl, qhi):
-            xpad[r * f.Wp + q] = x[ih * g.W + q - g.pl]
-
-
-cdef void _unpad_plane_add(const floating *xpad, floating *x, const Geometry *g,
-                           const Flat *f) noexcept nogil:
-    """The adjoint of ``_pad_plane``: x[ih, iw] += xpad[ih + pt, iw + pl] where that exists."""
-    cdef Py_ssize_t ih, iw, whi = min(g.W, f.Wp - g.pl), hhi = min(g.H, f.Hp - g.pt)
-    for ih in range(hhi):
-        for iw in range(whi):
-            x[ih * g.W + iw] += xpad[(ih + g.pt) * f.Wp + iw + g.pl]
-
-
 cdef void _spread(const floating *y, floating *ext, Py_ssize_t OH, Py_ssize_t OW,
                   Py_ssize_t row, Py_ssize_t length) noexcept nogil:
     """ext[oh·row + ow] = y[oh, ow] for an OH × OW plane, 0 between its rows and on up to
@@ -352,66 +259,6 @@ cdef void _spread(const floating *y, floating *ext, Py_ssize_t OH, Py_ssize_t OW
     for oh in range(OH):
         for ow in range(OW):
             ext[oh * row + ow] = y[oh * OW + ow]
-
-
-cdef void _flat_forward_plane(const floating *xpad, const floating *w, floating *y,
-                              floating *ext, const Geometry *g, const Flat *f) noexcept nogil:
-    """y[oh, ow] += Σ_{i, j} w[i, j] · xpad[oh + i·dh, ow + j·dw] (stride 1)."""
-    cdef Py_ssize_t i, j, q, oh, ow
-    cdef floating wv
-    cdef const floating *src
-    memset(ext, 0, f.L * sizeof(floating))
-    for i in range(g.kh):
-        for j in range(g.kw):
-            wv = w[i * g.kw + j]
-            src = xpad + i * g.dh * f.Wp + j * g.dw
-            for q in range(f.L):
-                ext[q] = ext[q] + wv * src[q]
-    for oh in range(g.OH):
-        for ow in range(g.OW):
-            y[oh * g.OW + ow] += ext[oh * f.Wp + ow]
-
-
-cdef void _flat_data_plane(const floating *gy_ext, const floating *w, floating *gxpad,
-                           const Geometry *g, const Flat *f) noexcept nogil:
-    """The adjoint of ``_flat_forward_plane`` in xpad: gxpad[q + tap offset] += w · gy_ext[q]."""
-    cdef Py_ssize_t i, j, q
-    cdef floating wv
-    cdef floating *dst
-    for i in range(g.kh):
-        for j in range(g.kw):
-            wv = w[i * g.kw + j]
-            dst = gxpad + i * g.dh * f.Wp + j * g.dw
-            for q in range(f.L):
-                dst[q] = dst[q] + wv * gy_ext[q]
-
-
-cdef void _flat_weight_channel(const floating *gy, const floating *x, floating *gw,
-                               Py_ssize_t o, floating *scratch, const Geometry *g,
-                               const Flat *f) noexcept nogil:
-    """gw[o, 0, i, j] = Σ_n Σ_q gy_ext[q] · xpad[q + i·dh·Wp + j·dw] (stride 1).
-
-    Products are summed per position of a ``WEIGHT_CHUNK``-long window for each tap (kh·kw
-    accumulators in ``scratch`` after the padded plane and the spread gy), so the inner loop
-    vectorises; the accumulators are summed in double at the end.
-    """
-    cdef floating *xpad = scratch
-    cdef floating *gy_ext = scratch + f.Hp * f.Wp
-    cdef floating *acc = gy_ext + f.L
-    cdef Py_ssize_t n, t, q, q0, q1, off, chunk
-    memset(acc, 0, g.kh * g.kw * WEIGHT_CHUNK * sizeof(floating))
-    for n in range(g.N):
-        _pad_plane(x + (n * g.C + o // g.Og) * g.H * g.W, xpad, g, f)
-        _spread(gy + (n * g.O + o) * g.P, gy_ext, g.OH, g.OW, f.Wp, f.L)
-        for chunk in range((f.L + WEIGHT_CHUNK - 1) // WEIGHT_CHUNK):
-            q0 = chunk * WEIGHT_CHUNK
-            q1 = min(q0 + WEIGHT_CHUNK, f.L)
-            for t in range(g.kh * g.kw):
-                off = t // g.kw * g.dh * f.Wp + t % g.kw * g.dw
-                for q in range(q0, q1):
-                    acc[t * WEIGHT_CHUNK + q - q0] += gy_ext[q] * xpad[q + off]
-    for t in range(g.kh * g.kw):
-        gw[t] = <floating> _plane_sum(acc + t * WEIGHT_CHUNK, WEIGHT_CHUNK)
 
 
 cdef struct Phases:
@@ -857,6 +704,199 @@ cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, 
                                                                         + k]
 
 
+cdef void _copy_rows(const floating *src, Py_ssize_t lds, floating *dst, Py_ssize_t ldd,
+                     Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """dst[r·ldd + s] = src[r·lds + s] for r < rows, s < cols.
+
+    A row of at least VL goes VL at a time, the last VL ending at the row's end (overlapping
+    the one before: harmless for a copy), as whole-vector moves with no scalar tail.
+    """
+    cdef Py_ssize_t r, s, v
+    for r in range(rows):
+        if cols < VL:
+            for s in range(cols):
+                dst[r * ldd + s] = src[r * lds + s]
+            continue
+        for v in range((cols + VL - 1) // VL):
+            s = min(v * VL, cols - VL)
+            memcpy(dst + r * ldd + s, src + r * lds + s, VL * sizeof(floating))
+
+
+cdef void _place_phases(const floating *x, floating *xph, const Geometry *g,
+                        const Phases *p) noexcept nogil:
+    """``_split_phases`` without its zeros: writes only the entries that hold an input pixel.
+
+    The depthwise loops zero their scratch once per call and place plane after plane into it:
+    the padding stays zero, and each plane costs a copy of its pixels only.
+    """
+    cdef Py_ssize_t c, a, b, r, s, rlo, rhi, lo, hi
+    cdef const floating *src
+    cdef floating *dst
+    for c in range(g.Cg):
+        for a in range(g.sh):
+            _valid_range(a - g.pt, g.sh, g.H, p.Hq, &rlo, &rhi)
+            for b in range(g.sw):
+                _valid_range(b - g.pl, g.sw, g.W, p.Wq, &lo, &hi)
+                src = x + (c * g.H + rlo * g.sh + a - g.pt) * g.W + lo * g.sw + b - g.pl
+                dst = xph + ((c * g.sh + a) * g.sw + b) * p.plane + rlo * p.Wq + lo
+                if g.sw == 1:
+                    _copy_rows(src, g.sh * g.W, dst, p.Wq, rhi - rlo, hi - lo)
+                    continue
+                for r in range(rhi - rlo):
+                    for s in range(hi - lo):
+                        dst[r * p.Wq + s] = src[r * g.sh * g.W + s * g.sw]
+
+
+cdef void _depthwise_block(const floating *x, const Py_ssize_t *off, Py_ssize_t K,
+                           const floating *w, floating start, floating *out) noexcept nogil:
+    """out[e] = start + Σ_k w[k] · x[off[k] + e] for e < NB: ``_block`` for a single output
+    channel.
+
+    Its NV accumulators stay in registers across the K taps, so each output is stored once
+    (tap by tap over the plane, the output row was loaded and stored kh·kw times).  The body
+    is written out for NV = 3: as one loop over NB, GCC unrolled it and vectorised the tap loop
+    instead, with gathers (1.5 times slower than the tap-by-tap loops).
+    """
+    cdef floating acc[NB]
+    cdef Py_ssize_t k, e
+    cdef const floating *src
+    cdef floating wv
+    for e in range(NB):
+        acc[e] = start
+    for k in range(K):
+        src = x + off[k]
+        wv = w[k]
+        for e in range(VL):
+            acc[e] += wv * src[e]
+            acc[VL + e] += wv * src[VL + e]
+            acc[2 * VL + e] += wv * src[2 * VL + e]
+    for e in range(VL):
+        out[e] = acc[e]
+        out[VL + e] = acc[VL + e]
+        out[2 * VL + e] = acc[2 * VL + e]
+
+
+cdef void _depthwise_reduce(const floating *gy_ext, const floating *xph, const Py_ssize_t *off,
+                            Py_ssize_t K, Py_ssize_t length, double *sums) noexcept nogil:
+    """sums[k] += Σ_{q < length} gy_ext[q] · xph[off[k] + q] for k < K (length a multiple of
+    VL): the weight gradient of one output channel over one sample.
+
+    Taps go TB at a time, each with one VL-lane accumulator held in registers over the whole
+    plane, so gy and each tap's row are read once per block of taps; a block past K repeats
+    the last tap and drops its sums.  The body is written out for TB = 9, one line per
+    accumulator, as in ``_reduce_block`` (as a loop over taps GCC vectorised across the taps
+    with gathers: 3.7 times slower).
+    """
+    cdef floating acc[TB * VL]
+    cdef const floating *s[TB]
+    cdef Py_ssize_t b, k0, t, v, q, e
+    cdef double total
+    for b in range((K + TB - 1) // TB):
+        k0 = b * TB
+        for t in range(TB):
+            s[t] = xph + off[min(k0 + t, K - 1)]
+        for e in range(TB * VL):
+            acc[e] = 0
+        for v in range(length // VL):
+            q = v * VL
+            for e in range(VL):
+                acc[0 * VL + e] += gy_ext[q + e] * s[0][q + e]
+                acc[1 * VL + e] += gy_ext[q + e] * s[1][q + e]
+                acc[2 * VL + e] += gy_ext[q + e] * s[2][q + e]
+                acc[3 * VL + e] += gy_ext[q + e] * s[3][q + e]
+                acc[4 * VL + e] += gy_ext[q + e] * s[4][q + e]
+                acc[5 * VL + e] += gy_ext[q + e] * s[5][q + e]
+                acc[6 * VL + e] += gy_ext[q + e] * s[6][q + e]
+                acc[7 * VL + e] += gy_ext[q + e] * s[7][q + e]
+                acc[8 * VL + e] += gy_ext[q + e] * s[8][q + e]
+        for t in range(min(<Py_ssize_t> TB, K - k0)):
+            total = 0
+            for e in range(VL):
+                total += acc[t * VL + e]
+            sums[k0 + t] += total
+
+
+cdef _depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                        const floating[::1] bias, floating[:, :, :, ::1] y, Geometry g,
+                        int num_threads):
+    """y = conv(x, w) + bias for convs with few input channels per group (depthwise, and the
+    flipped adjoint of one): per sample × group, the Cg input planes are placed in phase planes,
+    each output channel is computed into a flat plane in blocks of NB positions and its rows
+    copied out to y."""
+    cdef Phases p = _phases(&g)
+    cdef Py_ssize_t[::1] off = np.zeros(g.K, dtype=np.intp)
+    _tap_offsets(&g, &p, &off[0], g.K)
+    num_threads = _threads_for(num_threads, g.N * g.groups)
+    cdef Py_ssize_t width = p.size + p.Lpad
+    cdef floating[:, ::1] scratch = np.zeros(
+        (num_threads, width), dtype=np.float32 if floating is float else np.float64)
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const floating *wp = &w[0, 0, 0, 0]
+    cdef const floating *bp = &bias[0] if has_bias else NULL
+    cdef const Py_ssize_t *offp = &off[0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef floating *sp = &scratch[0, 0]
+    cdef Py_ssize_t it, n, grp, m, o, qb
+    cdef floating *xph
+    cdef floating *tile
+    with nogil:
+        for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
+            n = it // g.groups
+            grp = it % g.groups
+            xph = sp + threadid() * width
+            tile = xph + p.size
+            _place_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, xph, &g, &p)
+            for m in range(g.Og):
+                o = grp * g.Og + m
+                for qb in range(p.Lpad // NB):
+                    _depthwise_block(xph + qb * NB, offp, g.K, wp + o * g.K,
+                                     bp[o] if has_bias else 0, tile + qb * NB)
+                _copy_rows(tile, p.Wq, yp + (n * g.O + o) * g.P, g.OW, g.OH, g.OW)
+
+
+cdef _depthwise_backward_weight(const floating[:, :, :, ::1] gy,
+                                const floating[:, :, :, ::1] x, floating[:, :, :, ::1] gw,
+                                Geometry g, int num_threads):
+    """gw[o, k] = Σ_n Σ_q gy_ext[n, o, q] · xph[n, off[k] + q] for depthwise convs (Cg = 1).
+
+    One input channel and its Og output channels per iteration, over every sample: no two
+    threads write one entry and the sums run in one order, so the bits do not depend on the
+    thread count.
+    """
+    cdef Phases p = _phases(&g)
+    cdef Py_ssize_t[::1] off = np.zeros(g.K, dtype=np.intp)
+    _tap_offsets(&g, &p, &off[0], g.K)
+    num_threads = _threads_for(num_threads, g.groups)
+    cdef Py_ssize_t width = p.size + p.Lpad
+    cdef floating[:, ::1] scratch = np.zeros(
+        (num_threads, width), dtype=np.float32 if floating is float else np.float64)
+    cdef double[:, ::1] sums = np.zeros((g.O, g.K))
+    cdef const floating *gyp = &gy[0, 0, 0, 0]
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const Py_ssize_t *offp = &off[0]
+    cdef floating *gwp = &gw[0, 0, 0, 0]
+    cdef floating *sp = &scratch[0, 0]
+    cdef double *sums_p = &sums[0, 0]
+    cdef Py_ssize_t c, n, m, o, k
+    cdef floating *xph
+    cdef floating *gy_ext
+    with nogil:
+        for c in prange(g.groups, schedule='static', num_threads=num_threads):
+            xph = sp + threadid() * width
+            gy_ext = xph + p.size
+            for n in range(g.N):
+                _place_phases(xp + (n * g.C + c) * g.H * g.W, xph, &g, &p)
+                for m in range(g.Og):
+                    o = c * g.Og + m
+                    # gy in the flat layout; the Wq − OW columns between its rows stay zero
+                    _copy_rows(gyp + (n * g.O + o) * g.P, g.OW, gy_ext, p.Wq, g.OH, g.OW)
+                    _depthwise_reduce(gy_ext, xph, offp, g.K, p.Lpad, sums_p + o * g.K)
+            for o in range(c * g.Og, (c + 1) * g.Og):
+                for k in range(g.K):
+                    gwp[o * g.K + k] = <floating> sums_p[o * g.K + k]
+
+
 def conv_forward(const floating[:, :, :, ::1] x not None,
                  const floating[:, :, :, ::1] w not None,
                  const floating[::1] bias not None,
@@ -867,17 +907,16 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
                                 y.shape[2], y.shape[3], w.shape[2], w.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
     cdef bint has_bias = bias.shape[0] > 0
-    cdef bint direct = g.Cg == 1
-    cdef bint flat = direct and g.sh == 1 and g.sw == 1
     if _uses_phases(&g):
         _phased_forward(x, w, bias, y, g, num_threads)
         return
-    cdef Flat f = _flat(&g)
-    num_threads = _threads_for(num_threads, g.N * g.C if flat else g.N * g.O if direct
-                               else g.N * g.groups * g.tiles)
-    cdef bint use_col = not direct and not g.pointwise
+    if g.Cg == 1:
+        _depthwise_forward(x, w, bias, y, g, num_threads)
+        return
+    num_threads = _threads_for(num_threads, g.N * g.groups * g.tiles)
+    cdef bint use_col = not g.pointwise
     cdef Py_ssize_t tile_size = g.K * g.rows * g.OW
-    cdef Py_ssize_t width = tile_size if use_col else f.Hp * f.Wp + f.L if flat else 0
+    cdef Py_ssize_t width = tile_size if use_col else 0
     cdef floating[:, ::1] scratch = np.empty(
         (num_threads if width else 0, width), dtype=np.float32 if floating is float else np.float64)
     cdef const floating *xp = &x[0, 0, 0, 0]
@@ -885,56 +924,33 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
     cdef const floating *bp = &bias[0] if has_bias else NULL
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef floating *colp = &scratch[0, 0] if width else NULL
-    cdef Py_ssize_t it, n, grp, c, m, o, oh0, oh1, cols, ldb
+    cdef Py_ssize_t it, n, grp, oh0, oh1, cols, ldb
     cdef const floating *x_group
     cdef const floating *b_mat
     cdef floating *y_tile
-    cdef floating *xpad
     cdef floating one = 1
     with nogil:
-        if flat:
-            # one input plane per iteration, padded once for its Og output channels
-            for it in prange(g.N * g.C, schedule='static', num_threads=num_threads):
-                n = it // g.C
-                c = it % g.C
-                xpad = colp + threadid() * width
-                _pad_plane(xp + it * g.H * g.W, xpad, &g, &f)
-                for m in range(g.Og):
-                    o = c * g.Og + m
-                    _fill_rows(yp + (n * g.O + o) * g.P, bp + o if has_bias else NULL, 1, g.P,
-                               g.P, has_bias)
-                    _flat_forward_plane(xpad, wp + o * g.kh * g.kw, yp + (n * g.O + o) * g.P,
-                                        xpad + f.Hp * f.Wp, &g, &f)
-        elif direct:
-            # one output plane per iteration; channel o reads input channel o // Og
-            for it in prange(g.N * g.O, schedule='static', num_threads=num_threads):
-                n = it // g.O
-                o = it % g.O
-                _fill_rows(yp + it * g.P, bp + o if has_bias else NULL, 1, g.P, g.P, has_bias)
-                _depthwise_forward_plane(xp + (n * g.C + o // g.Og) * g.H * g.W,
-                                         wp + o * g.kh * g.kw, yp + it * g.P, &g)
-        else:
-            # one tile of output rows of one sample × group per iteration
-            for it in prange(g.N * g.groups * g.tiles, schedule='static',
-                             num_threads=num_threads):
-                n = it // (g.groups * g.tiles)
-                grp = it // g.tiles % g.groups
-                oh0 = it % g.tiles * g.rows
-                oh1 = min(oh0 + g.rows, g.OH)
-                cols = (oh1 - oh0) * g.OW
-                x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
-                y_tile = yp + (n * g.O + grp * g.Og) * g.P + oh0 * g.OW
-                if use_col:
-                    _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
-                    b_mat = colp + threadid() * tile_size
-                    ldb = cols
-                else:
-                    b_mat = x_group + oh0 * g.OW
-                    ldb = g.P
-                _fill_rows(y_tile, bp + grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
-                           has_bias)
-                gemm(c'N', c'N', g.Og, cols, g.K, wp + grp * g.Og * g.K, g.K, b_mat, ldb, one,
-                      y_tile, g.P)
+        # one tile of output rows of one sample × group per iteration
+        for it in prange(g.N * g.groups * g.tiles, schedule='static',
+                         num_threads=num_threads):
+            n = it // (g.groups * g.tiles)
+            grp = it // g.tiles % g.groups
+            oh0 = it % g.tiles * g.rows
+            oh1 = min(oh0 + g.rows, g.OH)
+            cols = (oh1 - oh0) * g.OW
+            x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+            y_tile = yp + (n * g.O + grp * g.Og) * g.P + oh0 * g.OW
+            if use_col:
+                _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
+                b_mat = colp + threadid() * tile_size
+                ldb = cols
+            else:
+                b_mat = x_group + oh0 * g.OW
+                ldb = g.P
+            _fill_rows(y_tile, bp + grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
+                       has_bias)
+            gemm(c'N', c'N', g.Og, cols, g.K, wp + grp * g.Og * g.K, g.K, b_mat, ldb, one,
+                  y_tile, g.P)
 
 
 def conv_backward_data(const floating[:, :, :, ::1] gy not None,
@@ -952,35 +968,36 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
                                 gy.shape[2], gy.shape[3], w.shape[2], w.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
     cdef bint has_initial = initial.shape[0] > 0
-    cdef bint direct = g.Cg == 1
-    cdef bint flat = direct and g.sh == 1 and g.sw == 1
+    cdef bint direct = g.Cg == 1 and not _uses_phases(&g)
     # stride 1: the input gradient is also the forward conv of gy, padded by the dilated
     # kernel's reach less the padding, with the kernel flipped and in and out channels swapped;
     # that gathers (no scattered adds) and reduces over Og·kh·kw, but fills its MR-row blocks
     # with only Cg channels: take it when it does fewer block FMAs, counting the scatter's
     # stores and adds as ~6 more reduction steps (measured: VGG 17.2 vs 19.4 ms, grouped g32
-    # 3.2 vs 6.6 ms, LeNet conv2 0.96 vs 0.71 ms)
+    # 3.2 vs 6.6 ms, LeNet conv2 0.96 vs 0.71 ms); the depthwise loops always take it
     cdef Geometry flipped = _geometry(g.N, g.O, g.OH, g.OW, g.C, g.H, g.W, g.kh, g.kw, 1, 1,
                                       g.dh * (g.kh - 1) - g.pt, g.dw * (g.kw - 1) - g.pl, g.dh,
                                       g.dw, g.groups)
     cdef Phases fp = _phases(&flipped), sp = _phases(&g)
     cdef const floating[:, :, :, ::1] w_flipped
-    if (_uses_phases(&g) and g.sh == 1 and g.sw == 1 and
-            _round_up(g.Cg, MR) * fp.Lpad * g.Og * g.kh * g.kw
+    if g.sh == 1 and g.sw == 1 and (
+            direct or _uses_phases(&g) and _round_up(g.Cg, MR) * fp.Lpad * g.Og * g.kh * g.kw
             < _round_up(g.K, MR) * sp.Lpad * (g.Og + 6)):
         w_flipped = np.ascontiguousarray(
             np.asarray(w).reshape(g.groups, g.Og, g.Cg, g.kh, g.kw)[:, :, :, ::-1, ::-1]
             .transpose(0, 2, 1, 3, 4).reshape(g.C, g.Og, g.kh, g.kw))
-        _phased_forward(gy, w_flipped, initial, gx, flipped, num_threads)
+        if direct:
+            _depthwise_forward(gy, w_flipped, initial, gx, flipped, num_threads)
+        else:
+            _phased_forward(gy, w_flipped, initial, gx, flipped, num_threads)
         return
     if _uses_phases(&g):
         _phased_backward_data(gy, w, initial, gx, g, num_threads)
         return
-    cdef Flat f = _flat(&g)
     num_threads = _threads_for(num_threads, g.N * g.C if direct else g.N * g.groups)
     cdef bint use_col = not direct and not g.pointwise
     cdef Py_ssize_t tile_size = g.K * g.rows * g.OW
-    cdef Py_ssize_t width = tile_size if use_col else f.Hp * f.Wp + f.L if flat else 0
+    cdef Py_ssize_t width = tile_size if use_col else 0
     cdef floating[:, ::1] scratch = np.empty(
         (num_threads if width else 0, width), dtype=np.float32 if floating is float else np.float64)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
@@ -991,23 +1008,9 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
     cdef Py_ssize_t it, n, grp, c, m, tile, oh0, oh1, HW = g.H * g.W
     cdef const floating *gy_group
     cdef floating *gx_group
-    cdef floating *gxpad
     cdef floating one = 1, zero = 0
     with nogil:
-        if flat:
-            for it in prange(g.N * g.C, schedule='static', num_threads=num_threads):
-                n = it // g.C
-                c = it % g.C
-                gxpad = colp + threadid() * width
-                memset(gxpad, 0, f.Hp * f.Wp * sizeof(floating))
-                for m in range(g.Og):
-                    _spread(gyp + (n * g.O + c * g.Og + m) * g.P, gxpad + f.Hp * f.Wp, g.OH,
-                            g.OW, f.Wp, f.L)
-                    _flat_data_plane(gxpad + f.Hp * f.Wp, wp + (c * g.Og + m) * g.kh * g.kw,
-                                     gxpad, &g, &f)
-                _fill_rows(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, HW, has_initial)
-                _unpad_plane_add(gxpad, gxp + it * HW, &g, &f)
-        elif direct:
+        if direct:
             # input channel c collects from its Og output channels c·Og … c·Og + Og − 1
             for it in prange(g.N * g.C, schedule='static', num_threads=num_threads):
                 n = it // g.C
@@ -1045,72 +1048,59 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
     """gw = Σ_n gy[n] · im2col(x[n])ᵀ per group: the weight gradient of ``conv_forward``.
 
     The GEMM path accumulates into one partial per thread and sums the partials in thread order
-    afterwards; the depthwise paths give each output channel to one thread and the phase path
-    each block of gw.  Either way the bits depend only on the thread count.
+    afterwards; the depthwise path gives each input channel (with its outputs) to one thread and
+    the phase path each block of gw.  Either way the bits depend only on the thread count.
     """
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], gy.shape[1],
                                 gy.shape[2], gy.shape[3], gw.shape[2], gw.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
-    cdef bint direct = g.Cg == 1
-    cdef bint flat = direct and g.sh == 1 and g.sw == 1
     if _uses_phases(&g):
         _phased_backward_weight(gy, x, gw, g, num_threads)
         return
-    cdef Flat f = _flat(&g)
-    num_threads = _threads_for(num_threads, g.O if direct else g.N * g.groups * g.tiles)
-    cdef bint use_col = not direct and not g.pointwise
+    if g.Cg == 1:
+        _depthwise_backward_weight(gy, x, gw, g, num_threads)
+        return
+    num_threads = _threads_for(num_threads, g.N * g.groups * g.tiles)
+    cdef bint use_col = not g.pointwise
     cdef object dtype = np.float32 if floating is float else np.float64
     cdef Py_ssize_t size = g.O * g.K, tile_size = g.K * g.rows * g.OW
     cdef floating[:, ::1] scratch = np.empty(
         (num_threads if use_col else 0, tile_size if use_col else 0), dtype=dtype)
-    cdef floating[:, ::1] partials = np.zeros((0 if direct else num_threads, size), dtype=dtype)
-    cdef Py_ssize_t row_width = (f.Hp * f.Wp + f.L + g.kh * g.kw * WEIGHT_CHUNK if flat
-                                 else g.kh * g.kw * g.OW)
-    cdef floating[:, ::1] rows = np.empty((num_threads if direct else 0, row_width), dtype=dtype)
+    cdef floating[:, ::1] partials = np.zeros((num_threads, size), dtype=dtype)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *gwp = &gw[0, 0, 0, 0]
     cdef floating *colp = &scratch[0, 0] if use_col else NULL
-    cdef floating *partp = NULL if direct else &partials[0, 0]
-    cdef floating *rowp = &rows[0, 0] if direct else NULL
-    cdef Py_ssize_t it, n, grp, o, t, e, oh0, oh1, cols, ldb
+    cdef floating *partp = &partials[0, 0]
+    cdef Py_ssize_t it, n, grp, t, e, oh0, oh1, cols, ldb
     cdef const floating *x_group
     cdef const floating *b_mat
     cdef floating one = 1
     cdef double acc
     with nogil:
-        if flat:
-            for o in prange(g.O, schedule='static', num_threads=num_threads):
-                _flat_weight_channel(gyp, xp, gwp + o * g.kh * g.kw, o,
-                                     rowp + threadid() * row_width, &g, &f)
-        elif direct:
-            for o in prange(g.O, schedule='static', num_threads=num_threads):
-                _depthwise_weight_channel(gyp, xp, gwp + o * g.kh * g.kw, o,
-                                          rowp + threadid() * row_width, &g)
-        else:
-            for it in prange(g.N * g.groups * g.tiles, schedule='static',
-                             num_threads=num_threads):
-                n = it // (g.groups * g.tiles)
-                grp = it // g.tiles % g.groups
-                oh0 = it % g.tiles * g.rows
-                oh1 = min(oh0 + g.rows, g.OH)
-                cols = (oh1 - oh0) * g.OW
-                x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
-                if use_col:
-                    _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
-                    b_mat = colp + threadid() * tile_size
-                    ldb = cols
-                else:
-                    b_mat = x_group + oh0 * g.OW
-                    ldb = g.P
-                gemm(c'N', c'T', g.Og, g.K, cols, gyp + (n * g.O + grp * g.Og) * g.P
-                      + oh0 * g.OW, g.P, b_mat, ldb, one,
-                      partp + threadid() * size + grp * g.Og * g.K, g.K)
-            for e in prange(size, schedule='static', num_threads=num_threads):
-                acc = 0
-                for t in range(num_threads):
-                    acc = acc + partp[t * size + e]
-                gwp[e] = <floating> acc
+        for it in prange(g.N * g.groups * g.tiles, schedule='static',
+                         num_threads=num_threads):
+            n = it // (g.groups * g.tiles)
+            grp = it // g.tiles % g.groups
+            oh0 = it % g.tiles * g.rows
+            oh1 = min(oh0 + g.rows, g.OH)
+            cols = (oh1 - oh0) * g.OW
+            x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
+            if use_col:
+                _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
+                b_mat = colp + threadid() * tile_size
+                ldb = cols
+            else:
+                b_mat = x_group + oh0 * g.OW
+                ldb = g.P
+            gemm(c'N', c'T', g.Og, g.K, cols, gyp + (n * g.O + grp * g.Og) * g.P
+                  + oh0 * g.OW, g.P, b_mat, ldb, one,
+                  partp + threadid() * size + grp * g.Og * g.K, g.K)
+        for e in prange(size, schedule='static', num_threads=num_threads):
+            acc = 0
+            for t in range(num_threads):
+                acc = acc + partp[t * size + e]
+            gwp[e] = <floating> acc
 
 
 def channel_sums(const floating[:, :, :, ::1] gy not None, floating[::1] gb not None,
