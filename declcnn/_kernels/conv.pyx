@@ -825,7 +825,7 @@ cdef _depthwise_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, 
     copied out to y."""
     cdef Phases p = _phases(&g)
     cdef Py_ssize_t[::1] off = np.zeros(g.K, dtype=np.intp)
-    _tap_offsets(&g, &p, &off[0], g.K)
+    _tap_offsets(&g, &p, &off[0], g.K, False)
     num_threads = _threads_for(num_threads, g.N * g.groups)
     cdef Py_ssize_t width = p.size + p.Lpad
     cdef floating[:, ::1] scratch = np.zeros(
@@ -866,7 +866,7 @@ cdef _depthwise_backward_weight(const floating[:, :, :, ::1] gy,
     """
     cdef Phases p = _phases(&g)
     cdef Py_ssize_t[::1] off = np.zeros(g.K, dtype=np.intp)
-    _tap_offsets(&g, &p, &off[0], g.K)
+    _tap_offsets(&g, &p, &off[0], g.K, False)
     num_threads = _threads_for(num_threads, g.groups)
     cdef Py_ssize_t width = p.size + p.Lpad
     cdef floating[:, ::1] scratch = np.zeros(
