@@ -55,21 +55,28 @@ class BuildExt(build_ext):
             if os.environ.get("DECLCNN_REQUIRE_OPENMP") == "1":
                 sys.exit("declcnn: the C compiler has no OpenMP and DECLCNN_REQUIRE_OPENMP=1.")
             print("declcnn: WARNING: no OpenMP in this compiler; kernels will run serially.")
-        compile_args = ["-O3", "-fno-math-errno"]
-        if os.environ.get("DECLCNN_PORTABLE") != "1":
-            # GCC prefers 256-bit vectors on AVX-512 machines; the conv micro-kernels keep 24
-            # accumulators of 16 floats in zmm registers only when 512-bit vectors are allowed
-            compile_args += ["-march=native", "-mprefer-vector-width=512"]
+        native = os.environ.get("DECLCNN_PORTABLE") != "1"
+        compile_args = ["-O3", "-fno-math-errno"] + (["-march=native"] if native else [])
         link_args = []
         if openmp:
             compile_args.append("-fopenmp")
             link_args.append("-fopenmp")
-        flags = " ".join(compile_args)
+        flags = " ".join(compile_args) + (
+            f"; {', '.join(sorted(WIDE_VECTORS))}: -mprefer-vector-width=512" if native else "")
         for ext in self.extensions:
-            ext.extra_compile_args = compile_args
+            ext.extra_compile_args = list(compile_args)
+            if native and ext.name in WIDE_VECTORS:
+                ext.extra_compile_args.append("-mprefer-vector-width=512")
             ext.extra_link_args = link_args
             ext.define_macros.append(("DECLCNN_CFLAGS", f'"{flags}"'))
         super().build_extensions()
+
+
+# GCC prefers 256-bit vectors on AVX-512 machines.  The conv micro-kernels keep 24 accumulators
+# of 16 floats in zmm registers only when 512-bit vectors are allowed; everywhere else short
+# rows (LeNet's 14- and 5-wide pooling outputs) never fill a 16-lane loop and fall to scalar
+# code: 512-bit vectors made the 2×2 max pool 3-4× slower.
+WIDE_VECTORS = {"declcnn._kernels.conv"}
 
 
 def extensions():
