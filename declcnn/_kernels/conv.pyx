@@ -173,6 +173,19 @@ cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_
                     _copy_row(x + (c * g.H + ih) * g.W + off, dst, lo, hi, g.OW, g.sw)
 
 
+cdef inline const floating *_tile_columns(const floating *x_group, floating *col,
+                                          const Geometry *g, Py_ssize_t oh0, Py_ssize_t oh1,
+                                          bint use_col, Py_ssize_t *ld) noexcept nogil:
+    """The K × cols matrix of output rows oh0..oh1 of one sample × group, and its leading
+    dimension: im2col'd into ``col``, or a 1×1 stride-1 conv's input as it stands."""
+    if use_col:
+        _im2col(x_group, col, g, oh0, oh1)
+        ld[0] = (oh1 - oh0) * g.OW
+        return col
+    ld[0] = g.P
+    return x_group + oh0 * g.OW
+
+
 cdef void _col2im(const floating *col, floating *x, const Geometry *g, Py_ssize_t oh0,
                   Py_ssize_t oh1) noexcept nogil:
     """The adjoint of ``_im2col``: adds every column entry back onto the pixel it was read from."""
@@ -940,13 +953,8 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
             cols = (oh1 - oh0) * g.OW
             x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
             y_tile = yp + (n * g.O + grp * g.Og) * g.P + oh0 * g.OW
-            if use_col:
-                _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
-                b_mat = colp + threadid() * tile_size
-                ldb = cols
-            else:
-                b_mat = x_group + oh0 * g.OW
-                ldb = g.P
+            b_mat = _tile_columns(x_group, colp + threadid() * tile_size, &g, oh0, oh1, use_col,
+                                  &ldb)
             _fill_rows(y_tile, bp + grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
                        has_bias)
             gemm(c'N', c'N', g.Og, cols, g.K, wp + grp * g.Og * g.K, g.K, b_mat, ldb, one,
@@ -1086,13 +1094,8 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
             oh1 = min(oh0 + g.rows, g.OH)
             cols = (oh1 - oh0) * g.OW
             x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
-            if use_col:
-                _im2col(x_group, colp + threadid() * tile_size, &g, oh0, oh1)
-                b_mat = colp + threadid() * tile_size
-                ldb = cols
-            else:
-                b_mat = x_group + oh0 * g.OW
-                ldb = g.P
+            b_mat = _tile_columns(x_group, colp + threadid() * tile_size, &g, oh0, oh1, use_col,
+                                  &ldb)
             gemm(c'N', c'T', g.Og, g.K, cols, gyp + (n * g.O + grp * g.Og) * g.P
                   + oh0 * g.OW, g.P, b_mat, ldb, one,
                   partp + threadid() * size + grp * g.Og * g.K, g.K)
