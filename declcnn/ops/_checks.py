@@ -4,6 +4,7 @@ arrays of a float dtype and a rank, matching dtypes and gradients, ``out=`` buff
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import numpy as np
@@ -101,3 +102,20 @@ def output_buffer(out, shape, dtype, op: str, name: str = "out") -> np.ndarray:
             f"{list(shape)}; got {describe(out)}. Pass None to let {op} allocate it."
         )
     return out
+
+
+def sample_shape(sample, op: str) -> tuple[int, int, int, int]:
+    """``(1, C, H, W)``: a plan's per-sample shape ``(C, H, W)`` as a one-sample batch, for the
+    op's own checks."""
+    shape = tuple(sample)
+    if len(shape) != 3 or not all(is_int(n) and n >= 1 for n in shape):
+        raise ShapeError(f"{op}: expected a per-sample shape (C, H, W) with C, H and W ≥ 1; got "
+                         f"{list(shape)}.")
+    return (1, *(int(n) for n in shape))
+
+
+@functools.cache
+def no_values(dtype: np.dtype) -> np.ndarray:
+    """An empty vector of ``dtype``: the kernels' "no bias" / "no indices" argument, made once
+    per dtype (plans pass it on every call)."""
+    return np.empty(0, dtype)

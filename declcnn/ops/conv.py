@@ -23,7 +23,16 @@ from ..errors import ShapeError
 from ..shapes import conv_output_size, conv_transpose_output_size, dilated_extent, same_padding
 from ..threads import threads_for
 from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kernel calls it)
-from ._checks import float_array, is_int, matching_gradient, output_buffer, pair, same_dtype
+from ._checks import (
+    float_array,
+    is_int,
+    matching_gradient,
+    no_values,
+    output_buffer,
+    pair,
+    same_dtype,
+    sample_shape,
+)
 
 # Calls with fewer multiply-adds than this run on one thread (``threads_for``).
 _PARALLEL_MIN_MACS = 1 << 18
@@ -56,7 +65,7 @@ def _groups(groups, op: str) -> int:
 def _bias(bias, out_channels: int, dtype: np.dtype, op: str) -> np.ndarray:
     """The bias as a contiguous vector, or an empty one (the kernels' "no bias")."""
     if bias is None:
-        return np.empty(0, dtype=dtype)
+        return no_values(np.dtype(dtype))
     b = float_array(bias, "bias", op, 1, f"one value per output channel, ({out_channels},)")
     if b.shape != (out_channels,):
         raise ShapeError(
@@ -210,22 +219,22 @@ class ConvPlan:
         _, *conv_output = view.output_shape
         self._macs_per_sample = conv_output[1] * conv_output[2] * weight_size
         self.output_shape = tuple(view.input_shape[1:] if transposed else conv_output)
-        self._no_bias: dict[np.dtype, np.ndarray] = {}
 
     @classmethod
-    def conv2d(cls, sample_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1):
-        """:func:`conv2d`'s checks for inputs of per-sample shape ``(C, H, W)``."""
-        view, _, w = _conv2d_view("conv2d", _sample("conv2d", sample_shape),
+    def conv2d(cls, sample, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+        """:func:`conv2d`'s checks for inputs of per-sample shape ``sample`` (C, H, W)."""
+        view, _, w = _conv2d_view("conv2d", np.empty(sample_shape(sample, "conv2d"), np.float32),
                                   np.empty(weight_shape, np.float32), stride, padding, dilation,
                                   groups)
         return cls(view, w.size, transposed=False)
 
     @classmethod
-    def conv_transpose2d(cls, sample_shape, weight_shape, stride=1, padding=0, output_padding=0,
+    def conv_transpose2d(cls, sample, weight_shape, stride=1, padding=0, output_padding=0,
                          groups=1, dilation=1):
-        """:func:`conv_transpose2d`'s checks for inputs of per-sample shape ``(C, H, W)``."""
+        """:func:`conv_transpose2d`'s checks for inputs of per-sample shape ``sample``
+        (C, H, W)."""
         op = "conv_transpose2d"
-        view, _, w = _transpose_view(op, _sample(op, sample_shape),
+        view, _, w = _transpose_view(op, np.empty(sample_shape(sample, op), np.float32),
                                      np.empty(weight_shape, np.float32), stride, padding,
                                      output_padding, groups, dilation)
         return cls(view, w.size, transposed=True)
@@ -233,18 +242,12 @@ class ConvPlan:
     def _threads(self, batch: int) -> int:
         return threads_for(batch * self._macs_per_sample, _PARALLEL_MIN_MACS)
 
-    def _empty(self, dtype) -> np.ndarray:
-        empty = self._no_bias.get(dtype)
-        if empty is None:
-            empty = self._no_bias[dtype] = np.empty(0, dtype)
-        return empty
-
     def forward(self, x, weight, bias, y) -> None:
         """``y = conv(x, weight) + bias`` (``bias`` None: none); every element of y written."""
         if not x.shape[0]:
             return
         run = _kernels.conv_backward_data if self.transposed else _kernels.conv_forward
-        run(x, weight, self._empty(x.dtype) if bias is None else bias, y, *self._args,
+        run(x, weight, no_values(x.dtype) if bias is None else bias, y, *self._args,
             self._threads(x.shape[0]))
 
     def backward(self, grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
@@ -260,19 +263,10 @@ class ConvPlan:
         view_input, view_grad = (grad_y, x) if self.transposed else (x, grad_y)
         if grad_x is not None:
             run = _kernels.conv_forward if self.transposed else _kernels.conv_backward_data
-            run(grad_y, weight, self._empty(x.dtype), grad_x, *self._args, threads)
+            run(grad_y, weight, no_values(x.dtype), grad_x, *self._args, threads)
         _kernels.conv_backward_weight(view_grad, view_input, grad_weight, *self._args, threads)
         if grad_bias is not None:
             _kernels.channel_sums(grad_y, grad_bias, threads)
-
-
-def _sample(op: str, sample_shape) -> np.ndarray:
-    """A one-sample stand-in input of per-sample shape ``(C, H, W)``, for a plan's checks."""
-    shape = tuple(sample_shape)
-    if len(shape) != 3 or not all(is_int(n) and n >= 1 for n in shape):
-        raise ShapeError(f"{op}: expected a per-sample shape (C, H, W) with C, H and W ≥ 1; got "
-                         f"{list(shape)}.")
-    return np.empty((1, *shape), np.float32)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=None):

@@ -12,7 +12,7 @@ from .._kernels import dense as _kernels
 from ..errors import ShapeError
 from ..threads import threads_for
 from . import _blas  # noqa: F401  (scipy's BLAS single-threaded before any kernel calls it)
-from ._checks import float_array, matching_gradient, output_buffer, same_dtype
+from ._checks import float_array, matching_gradient, no_values, output_buffer, same_dtype
 
 # GEMMs of fewer multiply-adds run on one thread (LeNet's fc2 and fc3 at batch 64 among them).
 _PARALLEL_MIN_MACS = 1 << 20
@@ -60,9 +60,8 @@ def linear(x, weight, bias=None, out=None) -> np.ndarray:
     op = "linear"
     x, w = _checked(op, x, weight)
     fout = w.shape[0]
-    if bias is None:
-        b = np.empty(0, dtype=x.dtype)
-    else:
+    b = None
+    if bias is not None:
         b = float_array(bias, "bias", op, 1, f"out_features, ({fout},)")
         same_dtype(b, "bias", x.dtype, op)
         if b.shape != (fout,):
@@ -71,8 +70,7 @@ def linear(x, weight, bias=None, out=None) -> np.ndarray:
                 f"{list(w.shape)}; got shape {tuple(b.shape)}."
             )
     y = output_buffer(out, (x.shape[0], fout), x.dtype, op)
-    if x.shape[0]:
-        _kernels.linear_forward(x, w, b, y, threads_for(x.size * fout, _PARALLEL_MIN_MACS))
+    LinearPlan(w.shape[1], fout).forward(x, w, b, y)
     return y
 
 
@@ -95,24 +93,13 @@ def linear_backward(grad_y, x, weight, needs_input_grad=True, has_bias=True, out
     gy = matching_gradient(grad_y, (x.shape[0], w.shape[0]), x.dtype,
                            "the forward output (N, out_features)", op)
     gx_out, gw_out, gb_out = _gradient_buffers(out, accumulate, has_bias, op)
-    threads = threads_for(x.size * w.shape[0], _PARALLEL_MIN_MACS)
-    gx = None
-    if needs_input_grad:
-        gx = output_buffer(gx_out, x.shape, x.dtype, op, "out[0] (gx)")
-        if x.shape[0]:
-            _kernels.linear_backward_input(gy, w, gx, threads)
+    gx = output_buffer(gx_out, x.shape, x.dtype, op, "out[0] (gx)") if needs_input_grad else None
     if gw_out is None:
         gw = np.zeros_like(w)
     else:
         gw = output_buffer(gw_out, w.shape, w.dtype, op, "out[1] (gW)")
-        if not accumulate and not x.shape[0]:
-            gw.fill(0)  # an empty batch: the GEMM below does not run
-    if x.shape[0]:
-        _kernels.linear_backward_weight(gy, x, gw, threads, accumulate)
-    gb = None
-    if has_bias:
-        gb = output_buffer(gb_out, (w.shape[0],), x.dtype, op, "out[2] (gb)")
-        _kernels.column_sums(gy, gb, threads_for(gy.size, _PARALLEL_MIN_SUMS), accumulate)
+    gb = output_buffer(gb_out, (w.shape[0],), x.dtype, op, "out[2] (gb)") if has_bias else None
+    LinearPlan(w.shape[1], w.shape[0]).backward(gy, x, w, gx, gw, gb, accumulate)
     return gx, gw, gb
 
 
@@ -135,34 +122,33 @@ class LinearPlan:
             if not isinstance(value, int) or value < 1:
                 raise ShapeError(f"linear: {name} must be an integer ≥ 1; got {value!r}.")
         self.in_features, self.out_features = in_features, out_features
-        self._no_bias = {}
-
-    def _empty(self, dtype) -> np.ndarray:
-        empty = self._no_bias.get(dtype)
-        if empty is None:
-            empty = self._no_bias[dtype] = np.empty(0, dtype)
-        return empty
 
     def forward(self, x, weight, bias, y, relu: bool = False) -> None:
         """``y = x·Wᵀ + b``, then ``max(y, 0)`` with ``relu`` (a relu the runtime folded into
         this layer)."""
         if x.shape[0]:
-            _kernels.linear_forward(x, weight, self._empty(x.dtype) if bias is None else bias, y,
+            _kernels.linear_forward(x, weight, no_values(x.dtype) if bias is None else bias, y,
                                     threads_for(x.size * self.out_features, _PARALLEL_MIN_MACS),
                                     relu)
 
-    def backward(self, grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
+    def backward(self, grad_y, x, weight, grad_x, grad_weight, grad_bias,
+                 accumulate: bool = True) -> None:
         """``grad_x = gy·W`` (skipped when None); ``grad_weight += gyᵀ·x`` and ``grad_bias +=
-        Σ_n gy[n]`` (skipped when None): they accumulate, as PyTorch's ``.grad``."""
-        if not x.shape[0]:
+        Σ_n gy[n]`` (skipped when None): they accumulate, as PyTorch's ``.grad``, or with
+        ``accumulate`` false are overwritten."""
+        if not x.shape[0]:  # an empty batch: no GEMM runs
+            if not accumulate:
+                grad_weight.fill(0)
+                if grad_bias is not None:
+                    grad_bias.fill(0)
             return
         threads = threads_for(x.size * self.out_features, _PARALLEL_MIN_MACS)
         if grad_x is not None:
             _kernels.linear_backward_input(grad_y, weight, grad_x, threads)
-        _kernels.linear_backward_weight(grad_y, x, grad_weight, threads, True)
+        _kernels.linear_backward_weight(grad_y, x, grad_weight, threads, accumulate)
         if grad_bias is not None:
             _kernels.column_sums(grad_y, grad_bias, threads_for(grad_y.size, _PARALLEL_MIN_SUMS),
-                                 True)
+                                 accumulate)
 
 
 def _gradient_buffers(out, accumulate: bool, has_bias: bool, op: str):

@@ -15,7 +15,7 @@ from .. import shapes
 from .._kernels import pool as _kernels
 from ..errors import ShapeError
 from ..threads import get_num_threads
-from ._checks import describe, float_array, is_int, output_buffer, pair
+from ._checks import describe, float_array, is_int, output_buffer, pair, sample_shape
 from .activation import relu_into
 
 _AXES = ("height", "width")
@@ -181,13 +181,13 @@ def max_pool2d_backward(grad_y, indices, input_shape, out=None):
 
 
 class MaxPool2dPlan:
-    """:func:`max_pool2d` checked once for inputs of one per-sample shape ``(C, H, W)``.
+    """:func:`max_pool2d` checked once for inputs of one per-sample shape ``sample`` (C, H, W).
 
     A network's shapes are fixed when its graph is built, so the runtime checks a pooling
     layer here, once, and its calls skip the checks (at batch 1 they cost more than the
     pooling).  ``forward(x, y, indices, relu)`` and ``backward(grad_y, indices, grad_x,
     relu_output)`` trust their arguments: C-contiguous arrays of one float dtype, of the shapes
-    ``(N, *sample_shape)`` and ``(N, *output_shape)``, and indices that ``forward`` wrote.
+    ``(N, *sample)`` and ``(N, *output_shape)``, and indices that ``forward`` wrote.
 
     ``relu`` applies a relu to the maxima (``relu(max(x)) = max(relu(x))``: the runtime folds
     a relu that only this pool reads into it); ``backward`` then takes that output as
@@ -201,16 +201,12 @@ class MaxPool2dPlan:
     (6, 14, 14)
     """
 
-    def __init__(self, sample_shape, kernel, stride=None, padding=0, dilation=1,
-                 ceil_mode=False):
+    def __init__(self, sample, kernel, stride=None, padding=0, dilation=1, ceil_mode=False):
         op = "max_pool2d"
-        shape = (1, *sample_shape)
-        if len(shape) != 4 or min(shape[1:]) < 1:
-            raise ShapeError(f"{op}: expected a per-sample shape (C, H, W) with C, H and W ≥ 1; "
-                             f"got {list(sample_shape)}.")
+        shape = sample_shape(sample, op)
         k, s, p, d, (oh, ow) = _window(op, shape, kernel, stride, padding, dilation, ceil_mode)
         _check_taps(op, shape[2:], k, s, p, d, (oh, ow))
-        self.output_shape = (int(sample_shape[0]), oh, ow)
+        self.output_shape = (shape[1], oh, ow)
         self._window = (*k, *s, *p, *d)
         self._pairs = (k == s == (2, 2) and p == (0, 0) and d == (1, 1)
                        and 2 * oh <= shape[2] and 2 * ow <= shape[3])
