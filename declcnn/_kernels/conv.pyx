@@ -173,17 +173,29 @@ cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_
                     _copy_row(x + (c * g.H + ih) * g.W + off, dst, lo, hi, g.OW, g.sw)
 
 
-cdef inline const floating *_tile_columns(const floating *x_group, floating *col,
-                                          const Geometry *g, Py_ssize_t oh0, Py_ssize_t oh1,
-                                          bint use_col, Py_ssize_t *ld) noexcept nogil:
-    """The K × cols matrix of output rows oh0..oh1 of one sample × group, and its leading
-    dimension: im2col'd into ``col``, or a 1×1 stride-1 conv's input as it stands."""
+cdef struct Tile:
+    # iteration it of the GEMM paths: sample n, group grp, output rows [oh0, oh1)
+    Py_ssize_t n, grp, oh0, oh1
+
+
+cdef inline Tile _tile(Py_ssize_t it, const Geometry *g) noexcept nogil:
+    cdef Tile t
+    t.n = it // (g.groups * g.tiles)
+    t.grp = it // g.tiles % g.groups
+    t.oh0 = it % g.tiles * g.rows
+    t.oh1 = min(t.oh0 + g.rows, g.OH)
+    return t
+
+
+cdef inline const floating *_tile_columns(const floating *x, floating *col, const Geometry *g,
+                                          const Tile *t, bint use_col) noexcept nogil:
+    """The K × cols matrix of tile t's output rows: im2col'd into ``col`` (leading dimension
+    cols), or a 1×1 stride-1 conv's input as it stands (leading dimension P)."""
+    cdef const floating *x_group = x + (t.n * g.C + t.grp * g.Cg) * g.H * g.W
     if use_col:
-        _im2col(x_group, col, g, oh0, oh1)
-        ld[0] = (oh1 - oh0) * g.OW
+        _im2col(x_group, col, g, t.oh0, t.oh1)
         return col
-    ld[0] = g.P
-    return x_group + oh0 * g.OW
+    return x_group + t.oh0 * g.OW
 
 
 cdef void _col2im(const floating *col, floating *x, const Geometry *g, Py_ssize_t oh0,
@@ -944,8 +956,8 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
     cdef const floating *bp = &bias[0] if has_bias else NULL
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef floating *colp = &scratch[0, 0] if width else NULL
-    cdef Py_ssize_t it, n, grp, oh0, oh1, cols, ldb
-    cdef const floating *x_group
+    cdef Py_ssize_t it, cols
+    cdef Tile tile
     cdef const floating *b_mat
     cdef floating *y_tile
     cdef floating one = 1
@@ -953,18 +965,14 @@ def conv_forward(const floating[:, :, :, ::1] x not None,
         # one tile of output rows of one sample × group per iteration
         for it in prange(g.N * g.groups * g.tiles, schedule='static',
                          num_threads=num_threads):
-            n = it // (g.groups * g.tiles)
-            grp = it // g.tiles % g.groups
-            oh0 = it % g.tiles * g.rows
-            oh1 = min(oh0 + g.rows, g.OH)
-            cols = (oh1 - oh0) * g.OW
-            x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
-            y_tile = yp + (n * g.O + grp * g.Og) * g.P + oh0 * g.OW
-            b_mat = _tile_columns(x_group, colp + threadid() * tile_size, &g, oh0, oh1, use_col,
-                                  &ldb)
-            _fill_rows(y_tile, bp + grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
+            tile = _tile(it, &g)
+            cols = (tile.oh1 - tile.oh0) * g.OW
+            y_tile = yp + (tile.n * g.O + tile.grp * g.Og) * g.P + tile.oh0 * g.OW
+            b_mat = _tile_columns(xp, colp + threadid() * tile_size, &g, &tile, use_col)
+            _fill_rows(y_tile, bp + tile.grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
                        has_bias)
-            gemm(c'N', c'N', g.Og, cols, g.K, wp + grp * g.Og * g.K, g.K, b_mat, ldb, one,
+            gemm(c'N', c'N', g.Og, cols, g.K, wp + tile.grp * g.Og * g.K, g.K, b_mat,
+                 cols if use_col else g.P, one,
                   y_tile, g.P)
 
 
@@ -1087,25 +1095,21 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
     cdef floating *gwp = &gw[0, 0, 0, 0]
     cdef floating *colp = &scratch[0, 0] if use_col else NULL
     cdef floating *partp = &partials[0, 0]
-    cdef Py_ssize_t it, n, grp, t, e, oh0, oh1, cols, ldb
-    cdef const floating *x_group
+    cdef Py_ssize_t it, t, e, cols
+    cdef Tile tile
     cdef const floating *b_mat
     cdef floating one = 1
     cdef double acc
     with nogil:
         for it in prange(g.N * g.groups * g.tiles, schedule='static',
                          num_threads=num_threads):
-            n = it // (g.groups * g.tiles)
-            grp = it // g.tiles % g.groups
-            oh0 = it % g.tiles * g.rows
-            oh1 = min(oh0 + g.rows, g.OH)
-            cols = (oh1 - oh0) * g.OW
-            x_group = xp + (n * g.C + grp * g.Cg) * g.H * g.W
-            b_mat = _tile_columns(x_group, colp + threadid() * tile_size, &g, oh0, oh1, use_col,
-                                  &ldb)
-            gemm(c'N', c'T', g.Og, g.K, cols, gyp + (n * g.O + grp * g.Og) * g.P
-                  + oh0 * g.OW, g.P, b_mat, ldb, one,
-                  partp + threadid() * size + grp * g.Og * g.K, g.K)
+            tile = _tile(it, &g)
+            cols = (tile.oh1 - tile.oh0) * g.OW
+            b_mat = _tile_columns(xp, colp + threadid() * tile_size, &g, &tile, use_col)
+            gemm(c'N', c'T', g.Og, g.K, cols,
+                 gyp + (tile.n * g.O + tile.grp * g.Og) * g.P + tile.oh0 * g.OW, g.P, b_mat,
+                 cols if use_col else g.P, one,
+                 partp + threadid() * size + tile.grp * g.Og * g.K, g.K)
         for e in prange(size, schedule='static', num_threads=num_threads):
             acc = 0
             for t in range(num_threads):
