@@ -336,7 +336,9 @@ def max_pool2d_forward_2x2(const floating[:, :, :, ::1] x not None,
 
 cdef void _max_values_2x2(const floating *x, floating *y, Py_ssize_t W, Py_ssize_t OH,
                           Py_ssize_t OW, bint relu) noexcept nogil:
-    """The maxima of :func:`_max_plane_2x2` without their indices (inference keeps none)."""
+    """The maxima of :func:`_max_plane_2x2` without their indices (inference keeps none).  A
+    loop of its own: one loop that skips the index stores on a NULL ``where`` ran 25% slower
+    with indices and with none."""
     cdef Py_ssize_t oh, ow, c
     cdef const floating *row0
     cdef const floating *row1

@@ -329,13 +329,20 @@ class Network:
 def _flatten(arrays: dict[str, np.ndarray], dtype: np.dtype) -> np.ndarray:
     """Copy ``arrays`` into one flat array, in order, and replace each by its view there."""
     flat = np.empty(sum(a.size for a in arrays.values()), dtype)
-    offset = 0
-    for name, array in arrays.items():
-        view = flat[offset:offset + array.size].reshape(array.shape)
-        view[...] = array
-        arrays[name] = view
-        offset += array.size
+    views = flat_views(flat, arrays)
+    for name, view in views.items():
+        view[...] = arrays[name]
+    arrays.update(views)
     return flat
+
+
+def flat_views(flat: np.ndarray, like: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``flat`` cut into consecutive views shaped as the arrays of ``like``, in order."""
+    views, offset = {}, 0
+    for name, array in like.items():
+        views[name] = flat[offset:offset + array.size].reshape(array.shape)
+        offset += array.size
+    return views
 
 
 def _count(names: list[str]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CheckpointError
+from ..runtime.network import flat_views
 
 
 class Optimizer:
@@ -49,7 +50,7 @@ class Optimizer:
                 self._scratch = np.empty(flat_param.shape, np.float32)
             created = self._update(flat_param, flat_grad, lr, state, self._scratch)
             for slot, array in created.items():
-                self.state[slot] = _views(array, self.params)
+                self.state[slot] = flat_views(array, self.params)
                 self._flat_arrays[slot] = (tuple(self.state[slot].values()), array)
             return
         for name, param in self.params.items():
@@ -87,7 +88,7 @@ class Optimizer:
             flat = self._flat(slot, [arrays[n] for n in names])
             if flat is None:
                 flat = np.concatenate([arrays[n].ravel() for n in names], dtype=np.float32)
-                self.state[slot] = _views(flat, self.params)
+                self.state[slot] = flat_views(flat, self.params)
                 self._flat_arrays[slot] = (tuple(self.state[slot].values()), flat)
             state[slot] = flat
         return state
@@ -211,15 +212,6 @@ def _flat_base(arrays: list[np.ndarray]) -> np.ndarray | None:
             return None
         address += array.nbytes
     return base if address == start + base.nbytes else None
-
-
-def _views(flat: np.ndarray, shapes_of: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``flat`` cut into views shaped as the arrays of ``shapes_of``, in order."""
-    views, offset = {}, 0
-    for name, array in shapes_of.items():
-        views[name] = flat[offset:offset + array.size].reshape(array.shape)
-        offset += array.size
-    return views
 
 
 def make_optimizer(params, settings: dict) -> Optimizer:
