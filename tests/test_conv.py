@@ -229,8 +229,53 @@ def test_depthwise_wide_planes_match_torch(seed):
                                     dilation=dilation, groups=C), seed)
 
 
+def _wide_conv_case(seed):
+    """A conv with 16 to 80 output channels a group: when it runs on the phase kernels, its
+    weight gradient holds the output channels in vector lanes (``_lanes_backward_weight``),
+    in blocks of 16, 32 or 64, over chunks of whole samples or of rows of one large image."""
+    rng = np.random.default_rng(5000 + seed)
+    groups = int(rng.choice([1, 1, 2]))
+    Cg, Og = int(rng.integers(1, 7)), int(rng.integers(16, 81))
+    kernel = tuple(int(k) for k in rng.integers(2, 6, size=2))
+    stride = tuple(int(s) for s in rng.integers(1, 3, size=2))
+    dilation = tuple(int(d) for d in rng.integers(1, 3, size=2))
+    padding = tuple(int(p) for p in rng.integers(0, 3, size=2))
+    spatial = tuple(int(v) for v in rng.integers(12, 40 if rng.random() < 0.3 else 20, size=2))
+    return dict(x_shape=(int(rng.integers(1, 4)), groups * Cg, *spatial),
+                w_shape=(groups * Og, Cg, *kernel), bias=True, stride=stride, padding=padding,
+                dilation=dilation, groups=groups)
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_wide_convs_match_torch(seed):
+    """The main sweeps' at most 16 output channels seldom reach the lanes weight gradient."""
+    check_conv2d_against_torch(_wide_conv_case(seed), seed)
+
+
+def test_lanes_weight_gradient_over_several_waves_matches_torch():
+    """Three samples of about 2 MB of laid-out gy each go through the lanes weight gradient
+    in waves (LANES_WAVE_FLOATS), each wave's layout reusing the last one's buffer.  Sums of
+    23,000 products: PyTorch's float32 gradient is off by 1e-3 here (ours by 1e-4), so the
+    oracle runs in float64."""
+    check_conv2d_against_torch(dict(x_shape=(3, 2, 90, 90), w_shape=(64, 2, 3, 3), bias=False,
+                                    stride=1, padding=0, dilation=1, groups=1, oracle64=True))
+
+
 # ---------------------------------------------------------------------------------------------
 # the fast kernels against the numpy twins (no torch needed)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_wide_weight_gradient_matches_naive_twin_in_float64(seed):
+    case = _wide_conv_case(seed)
+    rng, x, w, _ = _arrays(case, seed, np.float64)
+    y = conv2d(x, w, **_conv_args(case))
+    gy = rng.standard_normal(y.shape)
+    _, gw, _ = conv2d_backward(gy, x, w, **_conv_args(case), has_bias=False)
+    expected = naive_conv.conv2d_grad_weight(gy, x, w.shape, stride=case["stride"],
+                                             padding=_sides(case["padding"]),
+                                             dilation=case["dilation"], groups=case["groups"])
+    assert_close(gw, expected, f"{case} gw", rtol=1e-12, atol=1e-12)
 
 
 def _naive_conv_padding(case, w_shape):
@@ -300,6 +345,9 @@ GRADCHECK_CONV = {
     "phases, one input channel": dict(
         x_shape=(2, 1, 6, 5), w_shape=(6, 1, 3, 3), bias=True, stride=1, padding=2,
         dilation=1, groups=1),
+    "phases, output channels in lanes": dict(
+        x_shape=(2, 4, 6, 7), w_shape=(34, 2, 3, 2), bias=True, stride=(1, 2), padding=(1, 2),
+        dilation=(2, 1), groups=2),
     "im2col": dict(x_shape=(2, 4, 7, 6), w_shape=(5, 4, 3, 3), bias=True, stride=2, padding=1,
                    dilation=1, groups=1),
     "pointwise": dict(x_shape=(2, 4, 5, 5), w_shape=(3, 4, 1, 1), bias=True, stride=1, padding=0,

@@ -23,7 +23,11 @@ into zmm FMAs on accumulators held in registers) run at close to the FMA units' 
 im2col matrix; the Wq − OW columns between output rows are computed and dropped.  The input
 gradient is, for stride 1, the forward loops on gy with the kernel flipped; otherwise
 ``_block`` on gy (spread to the flat layout) for a block of taps, each tap's row added back at
-its offset, and the phases merged back into the image.  ``_uses_phases`` says which convs.
+its offset, and the phases merged back into the image.  With 16 or more output channels a
+group, the weight gradient instead holds output channels in the vector lanes
+(``_lanes_backward_weight``): gy is laid out channels-last, and each tap's value at an output
+pixel is broadcast from the phase planes, so no lanes sum at the end and no position is wasted.
+``_uses_phases`` says which convs.
 
 The others (strides that leave im2col few copies to make, e.g. ResNet's 3×3 stride 2) are a
 GEMM per sample × group on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW columns) through
@@ -87,6 +91,18 @@ cdef enum:
     REDUCE_RUN = 512
     # a level-1 data cache, the smallest of current x86 cores (48 KB on the Xeon measured)
     L1_BYTES = 32768
+    # ``_lanes_block``: the largest accumulator block (12 taps × 16 or 32 channels, 6 × 64), and
+    # the most taps per block
+    LANES_ACC = 384
+    LANES_TAPS = 12
+    # fewer output channels leave most of a vector's lanes empty: ``_reduce_block`` is faster
+    # (LeNet's conv1, 6 channels: 0.46 vs 0.83 ms; grouped g32, 8 a group: 5.3 vs 6.3 ms)
+    LANES_MIN_CHANNELS = 16
+    # floats of channels-last gy per chunk of ``_lanes_backward_weight`` (32 KB: 64 and 128 KB
+    # measured no faster on VGG), and of phase planes and gy per wave of samples (4 MB: with
+    # the 32 MB of WAVE_FLOATS, faulting in the fresh pages took 6% of VGG's weight gradient)
+    LANES_CHUNK_FLOATS = 8192
+    LANES_WAVE_FLOATS = 1048576
 
 
 cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, Py_ssize_t O,
@@ -544,6 +560,215 @@ cdef void _pack_blocks(const floating *w, floating *packed, Py_ssize_t groups, P
                 if tap < K:
                     for o in range(Og):
                         dst[o * MR + m] = src[o * K + tap]
+
+
+cdef struct Lanes:
+    # the weight gradient's blocks of MT taps × OV output channels, and gy of one sample × group
+    # laid out channels-last, P × Ogp (output channel fastest)
+    Py_ssize_t OV, MT, Ogp, Kpad, gsize
+
+
+cdef Lanes _lanes(const Geometry *g) noexcept nogil:
+    cdef Lanes lanes
+    lanes.OV = 64 if g.Og > 32 else 32 if g.Og > 16 else 16
+    lanes.MT = 6 if lanes.OV == 64 else 12
+    lanes.Ogp = _round_up(g.Og, lanes.OV)
+    lanes.Kpad = _round_up(g.K, lanes.MT)
+    lanes.gsize = g.P * lanes.Ogp
+    return lanes
+
+
+cdef void _channels_last(const floating *gy, floating *gt, const Geometry *g,
+                         const Lanes *lanes) noexcept nogil:
+    """gt[q·Ogp + o] = gy[o, q] of one sample × group, 0 in the padding channels.
+
+    By tiles of VL × VL through a buffer, so that GCC reads gy and writes gt a vector at a time
+    (element by element, the strided reads stalled: 1.4 ns an element on VGG's gy).
+    """
+    cdef floating tile[VL * VL]
+    cdef Py_ssize_t qb, ob, q0, o0, q, o, qt = g.P - g.P % VL, ot = g.Og - g.Og % VL
+    if lanes.Ogp > g.Og:
+        memset(gt, 0, lanes.gsize * sizeof(floating))
+    for qb in range(qt // VL):
+        q0 = qb * VL
+        for ob in range(ot // VL):
+            o0 = ob * VL
+            for o in range(VL):
+                for q in range(VL):
+                    tile[o * VL + q] = gy[(o0 + o) * g.P + q0 + q]
+            for q in range(VL):
+                for o in range(VL):
+                    gt[(q0 + q) * lanes.Ogp + o0 + o] = tile[o * VL + q]
+        for q in range(q0, q0 + VL):
+            for o in range(ot, g.Og):
+                gt[q * lanes.Ogp + o] = gy[o * g.P + q]
+    for q in range(qt, g.P):
+        for o in range(g.Og):
+            gt[q * lanes.Ogp + o] = gy[o * g.P + q]
+
+
+cdef inline void _lanes_wide(const floating *x, const Py_ssize_t *off, const floating *gt,
+                             Py_ssize_t samples, Py_ssize_t rows, Py_ssize_t cols,
+                             Py_ssize_t xs_n, Py_ssize_t xs_r, Py_ssize_t gs_n, Py_ssize_t ogp,
+                             double *sums, const Py_ssize_t mt,
+                             const Py_ssize_t ov) noexcept nogil:
+    """sums[t·ogp + e] += Σ_{n, r, c} x[n·xs_n + r·xs_r + off[t] + c] · gt[n·gs_n + (r·cols +
+    c)·ogp + e] for t < mt, e < ov: a block of mt taps × ov output channels of the weight
+    gradient, over samples × output rows × output columns.
+
+    Called with constant mt and ov (``_lanes``): GCC holds the block in zmm registers, ov/16
+    vectors per tap, and the mt offsets in general registers; per position ov/16 loads of gt,
+    mt broadcasts of x and mt·ov/16 FMAs.
+    """
+    cdef floating acc[LANES_ACC]
+    cdef Py_ssize_t o[LANES_TAPS]
+    cdef Py_ssize_t n, r, c, t, e
+    cdef const floating *xr
+    cdef const floating *gr
+    cdef floating xv
+    for t in range(mt):
+        o[t] = off[t]
+    for e in range(mt * ov):
+        acc[e] = 0
+    for n in range(samples):
+        for r in range(rows):
+            xr = x + n * xs_n + r * xs_r
+            gr = gt + n * gs_n + r * cols * ogp
+            for c in range(cols):
+                for t in range(mt):
+                    xv = xr[o[t] + c]
+                    for e in range(ov):
+                        acc[t * ov + e] += xv * gr[c * ogp + e]
+    for t in range(mt):
+        for e in range(ov):
+            sums[t * ogp + e] += acc[t * ov + e]
+
+
+cdef inline void _lanes_narrow(const floating *x, const Py_ssize_t *off, const floating *gt,
+                               Py_ssize_t samples, Py_ssize_t rows, Py_ssize_t cols,
+                               Py_ssize_t xs_n, Py_ssize_t xs_r, Py_ssize_t gs_n, Py_ssize_t ogp,
+                               double *sums, const Py_ssize_t mt,
+                               const Py_ssize_t ov) noexcept nogil:
+    """``_lanes_wide`` for one vector of output channels, its loops the other way round: in
+    that order GCC unrolls the one-vector channel loop before it vectorises and turns the
+    block into a mesh of permutes."""
+    cdef floating acc[LANES_ACC]
+    cdef Py_ssize_t o[LANES_TAPS]
+    cdef Py_ssize_t n, r, c, t, e
+    cdef const floating *xr
+    cdef const floating *gr
+    cdef floating gv
+    for t in range(mt):
+        o[t] = off[t]
+    for e in range(mt * ov):
+        acc[e] = 0
+    for n in range(samples):
+        for r in range(rows):
+            xr = x + n * xs_n + r * xs_r
+            gr = gt + n * gs_n + r * cols * ogp
+            for c in range(cols):
+                for e in range(ov):
+                    gv = gr[c * ogp + e]
+                    for t in range(mt):
+                        acc[t * ov + e] += xr[o[t] + c] * gv
+    for t in range(mt):
+        for e in range(ov):
+            sums[t * ogp + e] += acc[t * ov + e]
+
+
+cdef void _lanes_block(const floating *x, const Py_ssize_t *off, const floating *gt,
+                       Py_ssize_t samples, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t xs_n,
+                       Py_ssize_t xs_r, Py_ssize_t gs_n, Py_ssize_t ogp, double *sums,
+                       Py_ssize_t ov) noexcept nogil:
+    """The block kernel for ov output channels, its shape a constant (``_lanes``)."""
+    if ov == 64:
+        _lanes_wide(x, off, gt, samples, rows, cols, xs_n, xs_r, gs_n, ogp, sums, 6, 64)
+    elif ov == 32:
+        _lanes_wide(x, off, gt, samples, rows, cols, xs_n, xs_r, gs_n, ogp, sums, 12, 32)
+    else:
+        _lanes_narrow(x, off, gt, samples, rows, cols, xs_n, xs_r, gs_n, ogp, sums, 12, 16)
+
+
+cdef _lanes_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
+                            floating[:, :, :, ::1] gw, Geometry g, int num_threads):
+    """gw[o, k] = Σ_{n, oh, ow} gy[n, o, oh, ow] · xph[n, off[k] + oh·Wq + ow]: the phase planes
+    of x (``Phases``; x itself when it is its own) against gy laid out channels-last.
+
+    gw is cut into blocks of MT taps × OV output channels (``_lanes``), split evenly over the
+    threads, each thread owning its blocks.  Every thread walks the same chunks of samples ×
+    output rows, about LANES_CHUNK_FLOATS of gy each, so that a chunk stays in cache while
+    the thread's blocks pass over it, and adds each block's sum over a chunk into double sums.
+    The order of the sums does not depend on the thread count, so neither do the bits.
+    """
+    cdef Phases p = _phases(&g)
+    cdef Lanes lanes = _lanes(&g)
+    cdef object dtype = np.float32 if floating is float else np.float64
+    # the block kernel reads no flat position past the last output, so x as it is suffices
+    cdef bint as_is = _input_is_phases(&g, &p)
+    cdef Py_ssize_t xsize = 0 if as_is else _round_up(p.size, VL)
+    cdef Py_ssize_t item = xsize + lanes.gsize, per_sample = g.groups * item
+    cdef Py_ssize_t wave = max(1, min(g.N, LANES_WAVE_FLOATS // per_sample))
+    cdef floating[::1] scratch = np.empty(wave * per_sample + VL, dtype=dtype)
+    cdef Py_ssize_t[::1] off = np.zeros(lanes.Kpad, dtype=np.intp)
+    _tap_offsets(&g, &p, &off[0], lanes.Kpad, False)
+    cdef Py_ssize_t tb = lanes.Kpad // lanes.MT, obs = lanes.Ogp // lanes.OV
+    cdef Py_ssize_t blocks = g.groups * tb * obs
+    cdef double[:, :, ::1] sums = np.zeros((g.groups, lanes.Kpad, lanes.Ogp))
+    # a chunk: whole samples when one sample's gy fits, else rows of one sample
+    cdef Py_ssize_t chunk_samples = max(1, LANES_CHUNK_FLOATS // lanes.gsize)
+    cdef Py_ssize_t chunk_rows = g.OH if lanes.gsize <= LANES_CHUNK_FLOATS else max(
+        1, LANES_CHUNK_FLOATS // (g.OW * lanes.Ogp))
+    cdef int layout_threads = _threads_for(num_threads, wave * g.groups)
+    cdef int block_threads = _threads_for(num_threads, blocks)
+    cdef const floating *gyp = &gy[0, 0, 0, 0]
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef const Py_ssize_t *offp = &off[0]
+    cdef floating *gwp = &gw[0, 0, 0, 0]
+    # rows of the laid-out gy start on cache lines: their loads never split one
+    cdef floating *sp = &scratch[0] + (-(<size_t> &scratch[0]) // sizeof(floating)) % VL
+    cdef double *sums_p = &sums[0, 0, 0]
+    cdef Py_ssize_t x_stride = g.C * g.H * g.W if as_is else per_sample
+    cdef Py_ssize_t first, n0, count, it, n, grp, th, b0, b1, blk, tbk, ob, cn, cr, r0, ns, nr
+    cdef Py_ssize_t o, k
+    cdef const floating *xs
+    cdef floating *base
+    with nogil:
+        for first in range((g.N + wave - 1) // wave):
+            n0 = first * wave
+            count = min(wave, g.N - n0)
+            for it in prange(count * g.groups, schedule='static', num_threads=layout_threads):
+                n = n0 + it // g.groups
+                grp = it % g.groups
+                base = sp + it * item
+                if not as_is:
+                    _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, base, &g, &p)
+                _channels_last(gyp + (n * g.O + grp * g.Og) * g.P, base + xsize, &g, &lanes)
+            for th in prange(block_threads, schedule='static', num_threads=block_threads):
+                b0 = th * blocks // block_threads
+                b1 = (th + 1) * blocks // block_threads
+                for cn in range((count + chunk_samples - 1) // chunk_samples):
+                    n = cn * chunk_samples
+                    ns = min(chunk_samples, count - n)
+                    for cr in range((g.OH + chunk_rows - 1) // chunk_rows):
+                        r0 = cr * chunk_rows
+                        nr = min(chunk_rows, g.OH - r0)
+                        for blk in range(b0, b1):
+                            grp = blk // (tb * obs)
+                            tbk = blk // obs % tb
+                            ob = blk % obs
+                            base = sp + (n * g.groups + grp) * item
+                            xs = (xp + ((n0 + n) * g.C + grp * g.Cg) * g.H * g.W if as_is
+                                  else base)
+                            _lanes_block(xs + r0 * p.Wq, offp + tbk * lanes.MT,
+                                         base + xsize + r0 * g.OW * lanes.Ogp + ob * lanes.OV,
+                                         ns, nr, g.OW, x_stride, p.Wq, per_sample, lanes.Ogp,
+                                         sums_p + (grp * lanes.Kpad + tbk * lanes.MT)
+                                         * lanes.Ogp + ob * lanes.OV, lanes.OV)
+        for grp in range(g.groups):
+            for o in range(g.Og):
+                for k in range(g.K):
+                    gwp[(grp * g.Og + o) * g.K + k] = <floating> sums_p[
+                        (grp * lanes.Kpad + k) * lanes.Ogp + o]
 
 
 cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
@@ -1072,11 +1297,14 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
 
     The GEMM path accumulates into one partial per thread and sums the partials in thread order
     afterwards; the depthwise path gives each input channel (with its outputs) to one thread and
-    the phase path each block of gw.  Either way the bits depend only on the thread count.
+    the phase paths each block of gw.  Either way the bits depend only on the thread count.
     """
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], gy.shape[1],
                                 gy.shape[2], gy.shape[3], gw.shape[2], gw.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
+    if _uses_phases(&g) and g.Og >= LANES_MIN_CHANNELS:
+        _lanes_backward_weight(gy, x, gw, g, num_threads)
+        return
     if _uses_phases(&g):
         _phased_backward_weight(gy, x, gw, g, num_threads)
         return
