@@ -33,7 +33,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Normalizer, batches, epoch_order, steps_per_epoch, training_batch
 from .datasets import Dataset, load_dataset, read_image
 from .losses import compute_loss
-from .metrics import confusion_matrix, summarise
+from .metrics import confusion_matrix, correct_predictions, summarise
 from .optimizers import make_optimizer
 from .plots import plot_history
 from .progress import ProgressBar, duration
@@ -81,12 +81,6 @@ def check_fit(network: Network, data: Dataset) -> None:
         raise DataError(f"{where}: the data set '{data.name}' has {labels} classes "
                         f"(labels 0..{labels - 1}) but the output gives {out[0]} scores; set the "
                         f"last layer's outputs to {labels}.")
-
-
-def _correct(output: np.ndarray, target: np.ndarray, ignore_index: int) -> tuple[int, int]:
-    """(correct predictions, counted targets) of a batch; ignored pixels do not count."""
-    counted = target != ignore_index
-    return int(((output.argmax(axis=1) == target) & counted).sum()), int(counted.sum())
 
 
 def first_non_finite(network: Network, x: np.ndarray) -> str:
@@ -269,7 +263,7 @@ class Trainer:
                                       settings["augment"], ignore)
                 loss = self._step(x, y, step, per_epoch, e, b)
                 step += 1
-                correct, counted = _correct(self._output, y, ignore)
+                correct, counted = correct_predictions(self._output, y, ignore)
                 running["loss"] += loss * len(x)
                 running["images"] += len(x)
                 running["correct"] += correct
