@@ -16,6 +16,7 @@ weights, bit for bit, as one never interrupted.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -309,7 +310,7 @@ class Trainer:
         self.network.zero_grad()
         output = self.network.forward(x)
         loss, grad = compute_loss(settings["loss"], output, y, settings["ignore_index"])
-        if not np.isfinite(loss):
+        if not math.isfinite(loss):
             where = first_non_finite(self.network, x)
             kept = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
                     else "no checkpoint was written yet")
