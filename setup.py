@@ -63,10 +63,13 @@ class BuildExt(build_ext):
             link_args.append("-fopenmp")
         flags = " ".join(compile_args) + (
             f"; {', '.join(sorted(WIDE_VECTORS))}: -mprefer-vector-width=512" if native else "")
+        flags += f"; {', '.join(sorted(SEPARATE_ROUNDING))}: -ffp-contract=off"
         for ext in self.extensions:
             ext.extra_compile_args = list(compile_args)
             if native and ext.name in WIDE_VECTORS:
                 ext.extra_compile_args.append("-mprefer-vector-width=512")
+            if ext.name in SEPARATE_ROUNDING:
+                ext.extra_compile_args.append("-ffp-contract=off")
             ext.extra_link_args = link_args
             ext.define_macros.append(("DECLCNN_CFLAGS", f'"{flags}"'))
         super().build_extensions()
@@ -77,6 +80,9 @@ class BuildExt(build_ext):
 # rows (LeNet's 14- and 5-wide pooling outputs) never fill a 16-lane loop and fall to scalar
 # code: 512-bit vectors made the 2×2 max pool 3-4× slower.
 WIDE_VECTORS = {"declcnn._kernels.conv"}
+# Loops that must round as numpy does, after every operation: GCC fuses a multiply and an add
+# into one FMA (one rounding) wherever the target has FMA, unless told not to.
+SEPARATE_ROUNDING = {"declcnn._kernels.training"}
 
 
 def extensions():

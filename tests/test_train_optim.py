@@ -171,3 +171,17 @@ def test_schedules_match_torch(schedule, warmup):
     ours = [learning_rate(t, settings, per_epoch) for t in range(len(expected))]
     assert_close(np.array(ours), np.array(expected), f"{schedule} warm-up {warmup}",
                  rtol=1e-6, atol=1e-9)
+
+
+def test_sgd_updates_a_strided_parameter_in_place():
+    """A parameter the caller replaced by a strided view is still updated where it lives."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((7, 5)).astype(np.float32)
+    strided, contiguous = {"w": base.copy().T}, {"w": base.T.copy()}
+    a, b = SGD(strided, momentum=0.9, weight_decay=0.01), SGD(contiguous, 0.9, False, 0.01)
+    for _ in range(3):
+        grad = rng.standard_normal((5, 7)).astype(np.float32)
+        a.step({"w": grad}, 0.1)
+        b.step({"w": grad}, 0.1)
+    assert not strided["w"].flags.c_contiguous
+    np.testing.assert_array_equal(strided["w"], contiguous["w"])

@@ -382,3 +382,20 @@ def softmax_cross_entropy(const floating[:, :, ::1] logits not None,
             lp[task] = _cross_entropy_block(xp + n * C * S + s0, tp + n * S + s0,
                                             gp + n * C * S + s0, C, S,
                                             min(<Py_ssize_t> BLOCK, S - s0), ignore_index, scale)
+
+
+def counted_targets(const int64_t[::1] target not None, int64_t classes, int64_t ignore_index):
+    """How many targets are counted (not ``ignore_index``); −1 when one of them lies outside
+    ``[0, classes)``."""
+    cdef Py_ssize_t i, counted = 0
+    cdef int64_t t
+    with nogil:
+        for i in range(target.shape[0]):
+            t = target[i]
+            if t == ignore_index:
+                continue
+            if t < 0 or t >= classes:
+                counted = -1
+                break
+            counted += 1
+    return counted

@@ -8,6 +8,7 @@ are in ``declcnn._kernels.activation``.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -146,7 +147,7 @@ def softmax_view(shape: tuple[int, ...], axis, name: str, op: str) -> tuple[int,
             f"a batch axis with {name}[None] for a single sample."
         )
     axis = int(axis) % ndim
-    return (int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:])))
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
 
 
 def _softmax(x, axis, out, take_log: bool, op: str) -> np.ndarray:

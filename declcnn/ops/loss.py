@@ -36,20 +36,20 @@ def _target(target, expected_shape: tuple[int, ...], logits_shape, op: str) -> n
     return np.ascontiguousarray(target, dtype=np.int64)
 
 
-def _check_range(target: np.ndarray, classes: int, ignore_index: int, op: str) -> np.ndarray:
-    """The mask of counted targets; a ShapeError naming the first one out of [0, classes)."""
-    counted = target != ignore_index
-    bad = counted & ((target < 0) | (target >= classes))
-    if bad.any():
-        where = np.unravel_index(int(np.argmax(bad)), target.shape)
-        pixel = f" pixel {tuple(int(i) for i in where[1:])}" if len(where) > 1 else ""
-        raise ShapeError(
-            f"{op}: target {int(target[where])} at sample {int(where[0])}{pixel} is out of "
-            f"range for {classes} classes; class indices must lie in [0, {classes - 1}], or "
-            f"equal ignore_index={ignore_index} to be skipped ({int(bad.sum())} target(s) out "
-            f"of range in all)."
-        )
-    return counted
+def _counted(target: np.ndarray, classes: int, ignore_index: int, op: str) -> int:
+    """How many targets count; a ShapeError naming the first one out of [0, classes)."""
+    counted = _kernels.counted_targets(target.reshape(-1), classes, ignore_index)
+    if counted >= 0:
+        return counted
+    bad = (target != ignore_index) & ((target < 0) | (target >= classes))
+    where = np.unravel_index(int(np.argmax(bad)), target.shape)
+    pixel = f" pixel {tuple(int(i) for i in where[1:])}" if len(where) > 1 else ""
+    raise ShapeError(
+        f"{op}: target {int(target[where])} at sample {int(where[0])}{pixel} is out of "
+        f"range for {classes} classes; class indices must lie in [0, {classes - 1}], or "
+        f"equal ignore_index={ignore_index} to be skipped ({int(bad.sum())} target(s) out "
+        f"of range in all)."
+    )
 
 
 def softmax_cross_entropy(logits, target, ignore_index=-100, out=None):
@@ -78,7 +78,7 @@ def softmax_cross_entropy(logits, target, ignore_index=-100, out=None):
             f"-100."
         )
     t = _target(target, x.shape[:1] + x.shape[2:], x.shape, op)
-    counted = int(_check_range(t, C, int(ignore_index), op).sum())
+    counted = _counted(t, C, int(ignore_index), op)
     grad = output_buffer(out, x.shape, x.dtype, op)
     blocks = -(-S // _kernels.SOFTMAX_BLOCK)
     task_loss = np.zeros(N * blocks, dtype=np.float64)

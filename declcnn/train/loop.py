@@ -16,6 +16,7 @@ weights, bit for bit, as one never interrupted.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -33,7 +34,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import Normalizer, batches, epoch_order, steps_per_epoch, training_batch
 from .datasets import Dataset, load_dataset, read_image
 from .losses import compute_loss
-from .metrics import confusion_matrix, summarise
+from .metrics import confusion_matrix, correct_predictions, summarise
 from .optimizers import make_optimizer
 from .plots import plot_history
 from .progress import ProgressBar, duration
@@ -81,12 +82,6 @@ def check_fit(network: Network, data: Dataset) -> None:
         raise DataError(f"{where}: the data set '{data.name}' has {labels} classes "
                         f"(labels 0..{labels - 1}) but the output gives {out[0]} scores; set the "
                         f"last layer's outputs to {labels}.")
-
-
-def _correct(output: np.ndarray, target: np.ndarray, ignore_index: int) -> tuple[int, int]:
-    """(correct predictions, counted targets) of a batch; ignored pixels do not count."""
-    counted = target != ignore_index
-    return int(((output.argmax(axis=1) == target) & counted).sum()), int(counted.sum())
 
 
 def first_non_finite(network: Network, x: np.ndarray) -> str:
@@ -269,7 +264,7 @@ class Trainer:
                                       settings["augment"], ignore)
                 loss = self._step(x, y, step, per_epoch, e, b)
                 step += 1
-                correct, counted = _correct(self._output, y, ignore)
+                correct, counted = correct_predictions(self._output, y, ignore)
                 running["loss"] += loss * len(x)
                 running["images"] += len(x)
                 running["correct"] += correct
@@ -315,7 +310,7 @@ class Trainer:
         self.network.zero_grad()
         output = self.network.forward(x)
         loss, grad = compute_loss(settings["loss"], output, y, settings["ignore_index"])
-        if not np.isfinite(loss):
+        if not math.isfinite(loss):
             where = first_non_finite(self.network, x)
             kept = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
                     else "no checkpoint was written yet")

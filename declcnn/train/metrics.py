@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .._kernels import training as _kernels
+
+
+def correct_predictions(scores: np.ndarray, target: np.ndarray,
+                        ignore_index: int) -> tuple[int, int]:
+    """``(correct, counted)``: the targets (per sample, or per pixel of ``(N, C, H, W)`` scores)
+    not equal to ``ignore_index``, and how many of them are the argmax of their scores."""
+    n, classes = scores.shape[:2]
+    positions = math.prod(scores.shape[2:])
+    return _kernels.correct_predictions(
+        np.ascontiguousarray(scores).reshape(n, classes, positions),
+        np.ascontiguousarray(target, dtype=np.int64).reshape(n, positions), ignore_index)
 
 
 def confusion_matrix(predicted: np.ndarray, target: np.ndarray, classes: int,

@@ -10,14 +10,22 @@ When the parameters are consecutive views of one flat array, and so are the grad
 the state flat as well (its per-parameter arrays are views into it): a few numpy calls per step
 instead of a few per parameter.  The arithmetic is elementwise and the same either way, so the
 results are the same bits; parameters replaced by new arrays fall back to the per-array loop.
+SGD runs as one loop over its arrays (``declcnn._kernels.training.sgd_update``), rounding after
+every operation as numpy does.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._kernels import training as _kernels
 from ..errors import CheckpointError
+from ..ops._checks import no_values
 from ..runtime.network import flat_views
+from ..threads import threads_for
+
+# Below this many values an SGD step runs on one thread.
+_SGD_PARALLEL_MIN = 1 << 16
 
 
 class Optimizer:
@@ -31,7 +39,6 @@ class Optimizer:
         self.steps = 0
         self.state = {slot: {} for slot in self.slots}
         self._flat_arrays: dict[str, tuple[tuple[np.ndarray, ...], np.ndarray | None]] = {}
-        self._scratch: np.ndarray | None = None
 
     def step(self, grads: dict[str, np.ndarray], lr: float) -> None:
         self.steps += 1
@@ -46,22 +53,19 @@ class Optimizer:
                 and flat_grad.dtype == np.float32:
             state = self._flat_state(names)
         if state is not None:
-            if self._scratch is None or self._scratch.shape != flat_param.shape:
-                self._scratch = np.empty(flat_param.shape, np.float32)
-            created = self._update(flat_param, flat_grad, lr, state, self._scratch)
+            created = self._update(flat_param, flat_grad, lr, state)
             for slot, array in created.items():
                 self.state[slot] = flat_views(array, self.params)
                 self._flat_arrays[slot] = (tuple(self.state[slot].values()), array)
             return
         for name, param in self.params.items():
             state = {slot: self.state[slot].get(name) for slot in self.slots}
-            for slot, array in self._update(param, grads[name], lr, state, None).items():
+            for slot, array in self._update(param, grads[name], lr, state).items():
                 self.state[slot][name] = array
 
-    def _update(self, param, grad, lr, state: dict, scratch) -> dict[str, np.ndarray]:
+    def _update(self, param, grad, lr, state: dict) -> dict[str, np.ndarray]:
         """Update ``param`` in place from ``grad``; ``state`` maps each slot to its array, or
-        None before the first step.  Returns the slot arrays it created.  ``scratch`` is an
-        array of param's size for a temporary, or None (allocate)."""
+        None before the first step.  Returns the slot arrays it created."""
         raise NotImplementedError
 
     def _flat(self, key: str, arrays: list[np.ndarray]) -> np.ndarray | None:
@@ -140,19 +144,22 @@ class SGD(Optimizer):
         self.momentum = np.float32(momentum)
         self.nesterov = bool(nesterov)
 
-    def _update(self, param, grad, lr, state, scratch):
+    def _update(self, param, grad, lr, state):
         created = {}
-        if self.weight_decay:
-            grad = grad + np.float32(self.weight_decay) * param
+        target = param if param.flags.c_contiguous else np.ascontiguousarray(param)
+        buffer = None
         if self.momentum:
             buffer = state["momentum_buffer"]
             if buffer is None:
-                buffer = created["momentum_buffer"] = np.array(grad, dtype=np.float32)
-            else:
-                buffer *= self.momentum
-                buffer += grad
-            grad = grad + self.momentum * buffer if self.nesterov else buffer
-        param -= np.multiply(lr, grad, out=scratch)
+                buffer = created["momentum_buffer"] = np.empty(param.shape, param.dtype)
+        _kernels.sgd_update(target.reshape(-1),
+                            np.ascontiguousarray(grad, dtype=param.dtype).reshape(-1),
+                            no_values(param.dtype) if buffer is None else buffer.reshape(-1),
+                            lr, self.momentum, self.weight_decay, self.nesterov,
+                            "momentum_buffer" in created,
+                            threads_for(param.size, _SGD_PARALLEL_MIN))
+        if target is not param:
+            param[...] = target
         return created
 
 
@@ -168,7 +175,7 @@ class Adam(Optimizer):
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = np.float32(eps)
 
-    def _update(self, param, grad, lr, state, scratch):
+    def _update(self, param, grad, lr, state):
         created = {}
         if self.weight_decay:
             if self.decoupled:
