@@ -590,6 +590,24 @@ def test_max_pool2d_plan_matches_the_checked_op(window):
         P.MaxPool2dPlan((4, 9, 7), 2, padding=2)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 2, 2), (1, 1, 3, 5), (2, 3, 7, 9), (1, 2, 5, 31),
+                                   (2, 1, 4, 32), (1, 2, 9, 33), (3, 2, 6, 50), (1, 1, 3, 71)])
+def test_max_pool2d_plan_2x2_rows_of_any_width(shape):
+    """The 2×2 forward takes rows VL windows at a time, its last step overlapping the one
+    before, and a row narrower than VL reads on into the rows after it, except at the end of
+    the batch's last plane: every width, with ties and NaN, against the general loop."""
+    rng = np.random.default_rng(sum(shape))
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x[rng.random(shape) < 0.05] = np.nan
+    y, indices = P.max_pool2d(x, 2)
+    plan = P.MaxPool2dPlan(shape[1:], 2)
+    y2, indices2 = np.full_like(y, 7.0), np.full_like(indices, -1)
+    for relu in (False, True):
+        plan.forward(x, y2, indices2, relu=relu)
+        np.testing.assert_array_equal(indices2, indices)
+        np.testing.assert_array_equal(y2, np.where(y < 0, 0, y) if relu else y)
+
+
 @pytest.mark.parametrize("window", [dict(kernel=2), dict(kernel=3, stride=2, padding=1),
                                     dict(kernel=(2, 3))])
 def test_max_pool2d_plan_with_relu_ties_and_nan(window):

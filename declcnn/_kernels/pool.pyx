@@ -17,6 +17,11 @@ from libc.string cimport memset
 from cython cimport floating
 
 
+cdef enum:
+    # windows per step of the 2×2 max pool's vector loop
+    VL = 16
+
+
 cdef struct Span:
     Py_ssize_t start    # first input index the window reads
     Py_ssize_t end      # one past the last
@@ -330,8 +335,8 @@ def max_pool2d_forward_2x2(const floating[:, :, :, ::1] x not None,
             if values_only:
                 _max_values_2x2(xp + p * H * W, yp + p * OH * OW, W, OH, OW, relu)
             else:
-                _max_plane_2x2(xp + p * H * W, yp + p * OH * OW, ip + p * OH * OW, W, OH, OW,
-                               relu)
+                _max_plane_2x2(xp + p * H * W, yp + p * OH * OW, ip + p * OH * OW, H, W, OH,
+                               OW, relu, p == planes - 1)
 
 
 cdef void _max_values_2x2(const floating *x, floating *y, Py_ssize_t W, Py_ssize_t OH,
@@ -360,15 +365,70 @@ cdef void _max_values_2x2(const floating *x, floating *y, Py_ssize_t W, Py_ssize
             y[oh * OW + ow] = best
 
 
-cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *where, Py_ssize_t W,
-                         Py_ssize_t OH, Py_ssize_t OW, bint relu) noexcept nogil:
+cdef inline void _max_windows_2x2(const floating *row0, Py_ssize_t W, int64_t base,
+                                  floating *best, int64_t *at, bint relu) noexcept nogil:
+    """best[j], at[j] for the VL windows whose top-left taps are row0[2j] (j < VL), ``at``
+    counted from ``base``: a fixed trip count, which GCC vectorises (even/odd lanes), where
+    a row's 5 or 14 windows ran as scalar selects."""
+    cdef const floating *row1 = row0 + W
+    cdef Py_ssize_t j
+    cdef floating v
+    cdef bint take
+    for j in range(VL):
+        best[j] = row0[2 * j]
+        at[j] = base + 2 * j
+        v = row0[2 * j + 1]
+        take = (v > best[j]) | (v != v)
+        best[j] = v if take else best[j]
+        at[j] = base + 2 * j + 1 if take else at[j]
+        v = row1[2 * j]
+        take = (v > best[j]) | (v != v)
+        best[j] = v if take else best[j]
+        at[j] = base + W + 2 * j if take else at[j]
+        v = row1[2 * j + 1]
+        take = (v > best[j]) | (v != v)
+        best[j] = v if take else best[j]
+        at[j] = base + W + 2 * j + 1 if take else at[j]
+        if relu:
+            best[j] = 0 if best[j] < 0 else best[j]
+
+
+cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *where, Py_ssize_t H,
+                         Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, bint relu,
+                         bint last) noexcept nogil:
+    """A plane's windows VL at a time (``_max_windows_2x2``), the last VL of a row overlapping
+    the ones before; a row narrower than VL reads on into the rows after it, which the rows
+    at the end of the batch's ``last`` plane cannot: those go one window at a time."""
+    cdef Py_ssize_t oh, ow0, v, j, rows = OH, chunks = (OW + VL - 1) // VL
+    cdef floating best[VL]
+    cdef int64_t at[VL]
+    if last:
+        while rows > 0 and 2 * (rows - 1) * W + W + 2 * max(OW, <Py_ssize_t> VL) > H * W:
+            rows -= 1
+    for oh in range(rows):
+        if OW < VL:
+            _max_windows_2x2(x + 2 * oh * W, W, 2 * oh * W, best, at, relu)
+            for j in range(OW):
+                y[oh * OW + j] = best[j]
+                where[oh * OW + j] = at[j]
+            continue
+        for v in range(chunks):
+            ow0 = min(v * VL, OW - VL)
+            _max_windows_2x2(x + 2 * oh * W + 2 * ow0, W, 2 * oh * W + 2 * ow0,
+                             y + oh * OW + ow0, where + oh * OW + ow0, relu)
+    _max_rows_2x2(x, y, where, W, rows, OH, OW, relu)
+
+
+cdef void _max_rows_2x2(const floating *x, floating *y, int64_t *where, Py_ssize_t W,
+                        Py_ssize_t oh0, Py_ssize_t OH, Py_ssize_t OW, bint relu) noexcept nogil:
+    """The windows of rows oh0 … OH − 1 one at a time."""
     cdef Py_ssize_t oh, ow, c
     cdef const floating *row0
     cdef const floating *row1
     cdef floating best, v
     cdef int64_t at, base
     cdef bint take
-    for oh in range(OH):
+    for oh in range(oh0, OH):
         row0 = x + 2 * oh * W
         row1 = row0 + W
         base = 2 * oh * W
