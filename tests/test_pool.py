@@ -601,11 +601,13 @@ def test_max_pool2d_plan_2x2_rows_of_any_width(shape):
     x[rng.random(shape) < 0.05] = np.nan
     y, indices = P.max_pool2d(x, 2)
     plan = P.MaxPool2dPlan(shape[1:], 2)
-    y2, indices2 = np.full_like(y, 7.0), np.full_like(indices, -1)
+    y2, indices2, y3 = np.full_like(y, 7.0), np.full_like(indices, -1), np.full_like(y, 7.0)
     for relu in (False, True):
         plan.forward(x, y2, indices2, relu=relu)
+        plan.forward(x, y3, None, relu=relu)
         np.testing.assert_array_equal(indices2, indices)
         np.testing.assert_array_equal(y2, np.where(y < 0, 0, y) if relu else y)
+        np.testing.assert_array_equal(y3, y2)
 
 
 @pytest.mark.parametrize("window", [dict(kernel=2), dict(kernel=3, stride=2, padding=1),

@@ -332,48 +332,33 @@ def max_pool2d_forward_2x2(const floating[:, :, :, ::1] x not None,
     cdef Py_ssize_t p
     with nogil:
         for p in prange(planes, schedule='static', num_threads=num_threads):
-            if values_only:
-                _max_values_2x2(xp + p * H * W, yp + p * OH * OW, W, OH, OW, relu)
-            else:
-                _max_plane_2x2(xp + p * H * W, yp + p * OH * OW, ip + p * OH * OW, H, W, OH,
-                               OW, relu, p == planes - 1)
-
-
-cdef void _max_values_2x2(const floating *x, floating *y, Py_ssize_t W, Py_ssize_t OH,
-                          Py_ssize_t OW, bint relu) noexcept nogil:
-    """The maxima of :func:`_max_plane_2x2` without their indices (inference keeps none).  A
-    loop of its own: one loop that skips the index stores on a NULL ``where`` ran 25% slower
-    with indices and with none."""
-    cdef Py_ssize_t oh, ow, c
-    cdef const floating *row0
-    cdef const floating *row1
-    cdef floating best, v, zero = 0
-    for oh in range(OH):
-        row0 = x + 2 * oh * W
-        row1 = row0 + W
-        for ow in range(OW):
-            c = 2 * ow
-            best = row0[c]
-            v = row0[c + 1]
-            best = v if (v > best) | (v != v) else best
-            v = row1[c]
-            best = v if (v > best) | (v != v) else best
-            v = row1[c + 1]
-            best = v if (v > best) | (v != v) else best
-            if relu:
-                best = zero if best < zero else best
-            y[oh * OW + ow] = best
+            _max_plane_2x2(xp + p * H * W, yp + p * OH * OW,
+                           NULL if values_only else ip + p * OH * OW, H, W, OH, OW, relu,
+                           p == planes - 1)
 
 
 cdef inline void _max_windows_2x2(const floating *row0, Py_ssize_t W, int64_t base,
                                   floating *best, int64_t *at, bint relu) noexcept nogil:
     """best[j], at[j] for the VL windows whose top-left taps are row0[2j] (j < VL), ``at``
-    counted from ``base``: a fixed trip count, which GCC vectorises (even/odd lanes), where
-    a row's 5 or 14 windows ran as scalar selects."""
+    counted from ``base`` (NULL: no indices): a fixed trip count, which GCC vectorises
+    (even/odd lanes), where a row's 5 or 14 windows ran as scalar selects.  Without indices a
+    loop of its own does none of their work (inference keeps none)."""
     cdef const floating *row1 = row0 + W
     cdef Py_ssize_t j
     cdef floating v
     cdef bint take
+    if at == NULL:
+        for j in range(VL):
+            best[j] = row0[2 * j]
+            v = row0[2 * j + 1]
+            best[j] = v if (v > best[j]) | (v != v) else best[j]
+            v = row1[2 * j]
+            best[j] = v if (v > best[j]) | (v != v) else best[j]
+            v = row1[2 * j + 1]
+            best[j] = v if (v > best[j]) | (v != v) else best[j]
+            if relu:
+                best[j] = 0 if best[j] < 0 else best[j]
+        return
     for j in range(VL):
         best[j] = row0[2 * j]
         at[j] = base + 2 * j
@@ -396,9 +381,10 @@ cdef inline void _max_windows_2x2(const floating *row0, Py_ssize_t W, int64_t ba
 cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *where, Py_ssize_t H,
                          Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, bint relu,
                          bint last) noexcept nogil:
-    """A plane's windows VL at a time (``_max_windows_2x2``), the last VL of a row overlapping
-    the ones before; a row narrower than VL reads on into the rows after it, which the rows
-    at the end of the batch's ``last`` plane cannot: those go one window at a time."""
+    """A plane's windows VL at a time (``_max_windows_2x2``; ``where`` NULL: no indices), the
+    last VL of a row overlapping the ones before; a row narrower than VL reads on into the
+    rows after it, which the rows at the end of the batch's ``last`` plane cannot: those go
+    one window at a time."""
     cdef Py_ssize_t oh, ow0, v, j, rows = OH, chunks = (OW + VL - 1) // VL
     cdef floating best[VL]
     cdef int64_t at[VL]
@@ -407,21 +393,24 @@ cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *where, Py_ssiz
             rows -= 1
     for oh in range(rows):
         if OW < VL:
-            _max_windows_2x2(x + 2 * oh * W, W, 2 * oh * W, best, at, relu)
+            _max_windows_2x2(x + 2 * oh * W, W, 2 * oh * W, best,
+                             NULL if where == NULL else at, relu)
             for j in range(OW):
                 y[oh * OW + j] = best[j]
-                where[oh * OW + j] = at[j]
+                if where != NULL:
+                    where[oh * OW + j] = at[j]
             continue
         for v in range(chunks):
             ow0 = min(v * VL, OW - VL)
             _max_windows_2x2(x + 2 * oh * W + 2 * ow0, W, 2 * oh * W + 2 * ow0,
-                             y + oh * OW + ow0, where + oh * OW + ow0, relu)
+                             y + oh * OW + ow0,
+                             NULL if where == NULL else where + oh * OW + ow0, relu)
     _max_rows_2x2(x, y, where, W, rows, OH, OW, relu)
 
 
 cdef void _max_rows_2x2(const floating *x, floating *y, int64_t *where, Py_ssize_t W,
                         Py_ssize_t oh0, Py_ssize_t OH, Py_ssize_t OW, bint relu) noexcept nogil:
-    """The windows of rows oh0 … OH − 1 one at a time."""
+    """The windows of rows oh0 … OH − 1 one at a time (``where`` NULL: no indices)."""
     cdef Py_ssize_t oh, ow, c
     cdef const floating *row0
     cdef const floating *row1
@@ -451,7 +440,8 @@ cdef void _max_rows_2x2(const floating *x, floating *y, int64_t *where, Py_ssize
             if relu:
                 best = 0 if best < 0 else best
             y[oh * OW + ow] = best
-            where[oh * OW + ow] = at
+            if where != NULL:
+                where[oh * OW + ow] = at
 
 
 def adaptive_max_pool2d_forward(const floating[:, :, :, ::1] x not None,
