@@ -21,9 +21,10 @@ and weight gradient are then sums of products of rows that are contiguous in q, 
 register-blocked micro-kernels (``_block``, ``_reduce_block``: fixed-size loops that GCC turns
 into zmm FMAs on accumulators held in registers) run at close to the FMA units' rate with no
 im2col matrix; the Wq − OW columns between output rows are computed and dropped.  The input
-gradient is, for stride 1, the forward loops on gy with the kernel flipped; otherwise
-``_block`` on gy (spread to the flat layout) for a block of taps, each tap's row added back at
-its offset, and the phases merged back into the image.  ``_uses_phases`` says which convs.
+gradient is either the forward loops on gy with the kernel flipped (stride 1, when that does
+fewer FMAs), or ``_scatter_block`` on gy (spread to the flat layout) for a block of taps, each
+tap's row added back at its offset, and the phases merged back into the image.
+``_uses_phases`` says which convs.
 
 The others (strides that leave im2col few copies to make, e.g. ResNet's 3×3 stride 2) are a
 GEMM per sample × group on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW columns) through
@@ -408,19 +409,16 @@ cdef void _store_block(const floating *tile, Py_ssize_t rows, Py_ssize_t q0, flo
 
 
 cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const floating *wp,
-                 floating *out, const Py_ssize_t *rows, bint add) noexcept nogil:
-    """out[rows[m] + e] = (or += when ``add``) Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR,
-    e < NB.
+                 floating *out) noexcept nogil:
+    """out[m·NB + e] = Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR, e < NB.
 
-    The micro-kernel of the forward and the input gradient.  Fixed trip counts let GCC keep
-    the MR × NB block in zmm registers (24 for float32) and unroll the m loop into broadcast
-    FMAs: per k, NV loads of x, MR broadcasts of w, MR·NV FMAs.  ``add`` lets the strided input
-    gradient add each tap's row at its offset straight from the registers.
+    The micro-kernel of the forward.  Fixed trip counts let GCC keep the MR × NB block in zmm
+    registers (24 for float32) and unroll the m loop into broadcast FMAs: per k, NV loads of
+    x, MR broadcasts of w, MR·NV FMAs.
     """
     cdef floating acc[MR * NB]
     cdef Py_ssize_t k, m, e
     cdef const floating *src
-    cdef floating *dst
     cdef floating wv
     for e in range(MR * NB):
         acc[e] = 0
@@ -430,14 +428,42 @@ cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const f
             wv = wp[k * MR + m]
             for e in range(NB):
                 acc[m * NB + e] += wv * src[e]
+    for e in range(MR * NB):
+        out[e] = acc[e]
+
+
+cdef void _scatter_block(const floating *gy, Py_ssize_t ld, Py_ssize_t count,
+                         const floating *wp, floating *out, const Py_ssize_t *off) noexcept nogil:
+    """out[off[m] + e] += Σ_{o < count} wp[o·MR + m] · gy[o·ld + e] for m < MR, e < NB
+    (count ≥ 1).
+
+    The micro-kernel of the input gradient: ``_block`` with the roles turned, reducing over
+    the output channels and adding each tap's row at its offset.  The reduction is short (16
+    steps for LeNet conv2), so the adds matter: GCC adds straight from the registers only when
+    the loop is known to run at least once (written as ``while True`` … ``break``); as a
+    ``for`` loop it stored the 24 accumulators to the stack, called memset to zero them and
+    read them back (LeNet conv2's input gradient, 1 thread: 0.45 → 0.40 ms).
+    """
+    cdef floating acc[MR * NB]
+    cdef Py_ssize_t o = 0, m, e
+    cdef const floating *src
+    cdef floating *dst
+    cdef floating wv
+    for e in range(MR * NB):
+        acc[e] = 0
+    while True:
+        src = gy + o * ld
+        for m in range(MR):
+            wv = wp[o * MR + m]
+            for e in range(NB):
+                acc[m * NB + e] += wv * src[e]
+        o += 1
+        if o == count:
+            break
     for m in range(MR):
-        dst = out + rows[m]
-        if add:
-            for e in range(NB):
-                dst[e] += acc[m * NB + e]
-        else:
-            for e in range(NB):
-                dst[e] = acc[m * NB + e]
+        dst = out + off[m]
+        for e in range(NB):
+            dst[e] += acc[m * NB + e]
 
 
 cdef inline void _flush(const floating *acc, double *gw, Py_ssize_t ldw) noexcept nogil:
@@ -570,12 +596,9 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef floating *sp = wfp + packed
     cdef bint as_is = _input_is_phases(&g, &p)
     cdef Py_ssize_t it, n, grp, qb, ob, o
-    cdef Py_ssize_t tile_rows[MR]
     cdef const floating *planes
     cdef floating *xph
     cdef floating *tile
-    for o in range(MR):
-        tile_rows[o] = o * NB
     with nogil:
         _pack_blocks(&w[0, 0, 0, 0], wfp, g.groups, g.Og, g.K, True, False)
         for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
@@ -590,8 +613,7 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
             for qb in range(p.Lpad // NB):
                 for ob in range(nob):
                     o = grp * g.Og + ob * MR
-                    _block(planes + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile,
-                           tile_rows, False)
+                    _block(planes + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile)
                     _store_block(tile, min(<Py_ssize_t> MR, g.Og - ob * MR), qb * NB,
                                  yp + (n * g.O + o) * g.P, bp + o if has_bias else NULL, &g, &p)
 
@@ -600,8 +622,8 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
                            const floating[::1] initial, floating[:, :, :, ::1] gx, Geometry g,
                            int num_threads):
     """gx = initial + convᵀ(gy, w): per sample × group, gy is spread to the flat layout, each
-    block of MR taps gets Σ_o w[o, tap]·gy_ext[o] from ``_block`` and adds it at the tap's
-    offset into zeroed phase planes, which are merged into gx at the end.
+    block of MR taps gets Σ_o w[o, tap]·gy_ext[o] from ``_scatter_block`` and adds it at the
+    tap's offset into zeroed phase planes, which are merged into gx at the end.
 
     When the phase planes fit in L1, block b holds taps b, b + nkb, b + 2·nkb, …: with
     neighbouring taps (rows one float apart) in one block, each row's read-add-write overlaps
@@ -617,23 +639,19 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     # the packed weights, then each thread's spread gy and phase planes (as in the forward)
     cdef floating[::1] scratch = np.empty(packed + num_threads * width,
                                           dtype=np.float32 if floating is float else np.float64)
-    # the taps' offsets, then the output channels' rows of the spread gy
-    cdef Py_ssize_t[::1] offsets = np.empty(nkb * MR + g.Og, dtype=np.intp)
+    cdef Py_ssize_t[::1] offsets = np.empty(nkb * MR, dtype=np.intp)
     _tap_offsets(&g, &p, &offsets[0], nkb * MR, interleaved)
     cdef bint has_initial = initial.shape[0] > 0
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef floating *wdp = &scratch[0]
     cdef const floating *ip = &initial[0] if has_initial else NULL
     cdef const Py_ssize_t *offp = &offsets[0]
-    cdef Py_ssize_t *rowp = &offsets[nkb * MR]
     cdef floating *gxp = &gx[0, 0, 0, 0]
     cdef floating *sp = wdp + packed
     cdef Py_ssize_t it, n, grp, o, qb, kb, HW = g.H * g.W
     cdef floating *gy_ext
     cdef floating *gxph
     cdef floating *gx_group
-    for o in range(g.Og):
-        rowp[o] = o * p.Lpad
     with nogil:
         _pack_blocks(&w[0, 0, 0, 0], wdp, g.groups, g.Og, g.K, False, interleaved)
         for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
@@ -647,8 +665,9 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
             memset(gxph, 0, p.size * sizeof(floating))
             for qb in range(p.Lpad // NB):
                 for kb in range(nkb):
-                    _block(gy_ext + qb * NB, rowp, g.Og, wdp + (grp * nkb + kb) * g.Og * MR,
-                           gxph + qb * NB, offp + kb * MR, True)
+                    _scatter_block(gy_ext + qb * NB, p.Lpad, g.Og,
+                                   wdp + (grp * nkb + kb) * g.Og * MR, gxph + qb * NB,
+                                   offp + kb * MR)
             gx_group = gxp + (n * g.C + grp * g.Cg) * HW
             _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
                        has_initial)
