@@ -618,12 +618,32 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
                                  yp + (n * g.O + o) * g.P, bp + o if has_bias else NULL, &g, &p)
 
 
+cdef void _place_rows(const floating *src, Py_ssize_t lds, floating *dst, Py_ssize_t ldd,
+                      Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """``_copy_rows``, with rows of VL/2 to VL floats as two overlapping half vectors (LeNet
+    conv2's gy rows of 10) instead of one float at a time."""
+    cdef Py_ssize_t r, half = VL // 2
+    if cols < half or cols >= VL:
+        _copy_rows(src, lds, dst, ldd, rows, cols)
+        return
+    for r in range(rows):
+        memcpy(dst + r * ldd, src + r * lds, half * sizeof(floating))
+        memcpy(dst + r * ldd + cols - half, src + r * lds + cols - half, half * sizeof(floating))
+
+
 cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] w,
                            const floating[::1] initial, floating[:, :, :, ::1] gx, Geometry g,
                            int num_threads):
-    """gx = initial + convᵀ(gy, w): per sample × group, gy is spread to the flat layout, each
+    """gx = initial + convᵀ(gy, w): per sample × group, gy is placed in the flat layout, each
     block of MR taps gets Σ_o w[o, tap]·gy_ext[o] from ``_scatter_block`` and adds it at the
     tap's offset into zeroed phase planes, which are merged into gx at the end.
+
+    Each thread takes one run of (sample, group) items and zeroes its spread gy once: the
+    Wq − OW columns between rows and the tail stay zero, and each item writes only its pixels.
+    When gx is its own phase layout (stride 1, no padding: LeNet conv2) the blocks add into gx
+    directly, with no planes to clear and merge; the last block of an item adds (zeros) up to
+    Lpad − L floats past it, onto the next item, which its fill then overwrites, so only the
+    last item of a run goes through the planes.
 
     When the phase planes fit in L1, block b holds taps b, b + nkb, b + 2·nkb, …: with
     neighbouring taps (rows one float apart) in one block, each row's read-add-write overlaps
@@ -633,8 +653,9 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     """
     cdef Phases p = _phases(&g)
     cdef Py_ssize_t nkb = _round_up(g.K, MR) // MR, packed = g.groups * nkb * MR * g.Og
+    cdef Py_ssize_t items = g.N * g.groups
     cdef bint interleaved = p.size * sizeof(floating) <= L1_BYTES
-    num_threads = _threads_for(num_threads, g.N * g.groups)
+    num_threads = _threads_for(num_threads, items)
     cdef Py_ssize_t width = g.Og * p.Lpad + p.size
     # the packed weights, then each thread's spread gy and phase planes (as in the forward)
     cdef floating[::1] scratch = np.empty(packed + num_threads * width,
@@ -642,36 +663,50 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     cdef Py_ssize_t[::1] offsets = np.empty(nkb * MR, dtype=np.intp)
     _tap_offsets(&g, &p, &offsets[0], nkb * MR, interleaved)
     cdef bint has_initial = initial.shape[0] > 0
+    cdef bint as_is = _input_is_phases(&g, &p)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef floating *wdp = &scratch[0]
     cdef const floating *ip = &initial[0] if has_initial else NULL
     cdef const Py_ssize_t *offp = &offsets[0]
     cdef floating *gxp = &gx[0, 0, 0, 0]
     cdef floating *sp = wdp + packed
-    cdef Py_ssize_t it, n, grp, o, qb, kb, HW = g.H * g.W
+    cdef Py_ssize_t t, it, end, n, grp, o, qb, kb, HW = g.H * g.W
+    cdef bint direct
     cdef floating *gy_ext
     cdef floating *gxph
     cdef floating *gx_group
+    cdef floating *target
     with nogil:
         _pack_blocks(&w[0, 0, 0, 0], wdp, g.groups, g.Og, g.K, False, interleaved)
-        for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
-            n = it // g.groups
-            grp = it % g.groups
-            gy_ext = sp + threadid() * width
+        for t in prange(num_threads, schedule='static', num_threads=num_threads):
+            gy_ext = sp + t * width
             gxph = gy_ext + g.Og * p.Lpad
-            for o in range(g.Og):
-                _spread(gyp + (n * g.O + grp * g.Og + o) * g.P, gy_ext + o * p.Lpad, g.OH, g.OW,
-                        p.Wq, p.Lpad)
-            memset(gxph, 0, p.size * sizeof(floating))
-            for qb in range(p.Lpad // NB):
-                for kb in range(nkb):
-                    _scatter_block(gy_ext + qb * NB, p.Lpad, g.Og,
-                                   wdp + (grp * nkb + kb) * g.Og * MR, gxph + qb * NB,
-                                   offp + kb * MR)
-            gx_group = gxp + (n * g.C + grp * g.Cg) * HW
-            _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
-                       has_initial)
-            _merge_phases(gxph, gx_group, &g, &p)
+            memset(gy_ext, 0, g.Og * p.Lpad * sizeof(floating))
+            end = items * (t + 1) // num_threads
+            for it in range(items * t // num_threads, end):
+                n = it // g.groups
+                grp = it % g.groups
+                for o in range(g.Og):
+                    _place_rows(gyp + (n * g.O + grp * g.Og + o) * g.P, g.OW,
+                                gy_ext + o * p.Lpad, p.Wq, g.OH, g.OW)
+                gx_group = gxp + it * g.Cg * HW
+                direct = as_is and it < end - 1
+                if direct:
+                    _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
+                               has_initial)
+                    target = gx_group
+                else:
+                    memset(gxph, 0, p.size * sizeof(floating))
+                    target = gxph
+                for qb in range(p.Lpad // NB):
+                    for kb in range(nkb):
+                        _scatter_block(gy_ext + qb * NB, p.Lpad, g.Og,
+                                       wdp + (grp * nkb + kb) * g.Og * MR, target + qb * NB,
+                                       offp + kb * MR)
+                if not direct:
+                    _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW,
+                               HW, has_initial)
+                    _merge_phases(gxph, gx_group, &g, &p)
 
 
 cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
