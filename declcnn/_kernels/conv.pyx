@@ -432,9 +432,9 @@ cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const f
         out[e] = acc[e]
 
 
-cdef void _scatter_block(const floating *gy, Py_ssize_t ld, Py_ssize_t count,
+cdef void _scatter_block(const floating *gy, const Py_ssize_t *rows, Py_ssize_t count,
                          const floating *wp, floating *out, const Py_ssize_t *off) noexcept nogil:
-    """out[off[m] + e] += Σ_{o < count} wp[o·MR + m] · gy[o·ld + e] for m < MR, e < NB
+    """out[off[m] + e] += Σ_{o < count} wp[o·MR + m] · gy[rows[o] + e] for m < MR, e < NB
     (count ≥ 1).
 
     The micro-kernel of the input gradient: ``_block`` with the roles turned, reducing over
@@ -442,7 +442,9 @@ cdef void _scatter_block(const floating *gy, Py_ssize_t ld, Py_ssize_t count,
     steps for LeNet conv2), so the adds matter: GCC adds straight from the registers only when
     the loop is known to run at least once (written as ``while True`` … ``break``); as a
     ``for`` loop it stored the 24 accumulators to the stack, called memset to zero them and
-    read them back (LeNet conv2's input gradient, 1 thread: 0.45 → 0.40 ms).
+    read them back (LeNet conv2's input gradient, 1 thread: 0.45 → 0.40 ms).  The rows come
+    by offset, as in ``_block``: as gy + o·ld, GCC reloaded the float64 rows (which do not fit
+    the registers) for every tap instead of once per step.
     """
     cdef floating acc[MR * NB]
     cdef Py_ssize_t o = 0, m, e
@@ -452,7 +454,7 @@ cdef void _scatter_block(const floating *gy, Py_ssize_t ld, Py_ssize_t count,
     for e in range(MR * NB):
         acc[e] = 0
     while True:
-        src = gy + o * ld
+        src = gy + rows[o]
         for m in range(MR):
             wv = wp[o * MR + m]
             for e in range(NB):
@@ -660,7 +662,8 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     # the packed weights, then each thread's spread gy and phase planes (as in the forward)
     cdef floating[::1] scratch = np.empty(packed + num_threads * width,
                                           dtype=np.float32 if floating is float else np.float64)
-    cdef Py_ssize_t[::1] offsets = np.empty(nkb * MR, dtype=np.intp)
+    # the taps' offsets, then the output channels' rows of the spread gy
+    cdef Py_ssize_t[::1] offsets = np.empty(nkb * MR + g.Og, dtype=np.intp)
     _tap_offsets(&g, &p, &offsets[0], nkb * MR, interleaved)
     cdef bint has_initial = initial.shape[0] > 0
     cdef bint as_is = _input_is_phases(&g, &p)
@@ -668,6 +671,7 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     cdef floating *wdp = &scratch[0]
     cdef const floating *ip = &initial[0] if has_initial else NULL
     cdef const Py_ssize_t *offp = &offsets[0]
+    cdef Py_ssize_t *rowp = &offsets[nkb * MR]
     cdef floating *gxp = &gx[0, 0, 0, 0]
     cdef floating *sp = wdp + packed
     cdef Py_ssize_t t, it, end, n, grp, o, qb, kb, HW = g.H * g.W
@@ -676,6 +680,8 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     cdef floating *gxph
     cdef floating *gx_group
     cdef floating *target
+    for o in range(g.Og):
+        rowp[o] = o * p.Lpad
     with nogil:
         _pack_blocks(&w[0, 0, 0, 0], wdp, g.groups, g.Og, g.K, False, interleaved)
         for t in prange(num_threads, schedule='static', num_threads=num_threads):
@@ -700,7 +706,7 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
                     target = gxph
                 for qb in range(p.Lpad // NB):
                     for kb in range(nkb):
-                        _scatter_block(gy_ext + qb * NB, p.Lpad, g.Og,
+                        _scatter_block(gy_ext + qb * NB, rowp, g.Og,
                                        wdp + (grp * nkb + kb) * g.Og * MR, target + qb * NB,
                                        offp + kb * MR)
                 if not direct:
