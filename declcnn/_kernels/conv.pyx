@@ -410,26 +410,33 @@ cdef void _store_block(const floating *tile, Py_ssize_t rows, Py_ssize_t q0, flo
 
 cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const floating *wp,
                  floating *out) noexcept nogil:
-    """out[m·NB + e] = Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR, e < NB.
+    """out[m·NB + e] = Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR, e < NB (K ≥ 1).
 
     The micro-kernel of the forward.  Fixed trip counts let GCC keep the MR × NB block in zmm
     registers (24 for float32) and unroll the m loop into broadcast FMAs: per k, NV loads of
-    x, MR broadcasts of w, MR·NV FMAs.
+    x, MR broadcasts of w, MR·NV FMAs.  The k loop is written to run at least once, so the
+    block is stored straight from the registers (see ``_scatter_block``).
     """
     cdef floating acc[MR * NB]
-    cdef Py_ssize_t k, m, e
+    cdef Py_ssize_t k = 0, m, e
     cdef const floating *src
     cdef floating wv
     for e in range(MR * NB):
         acc[e] = 0
-    for k in range(K):
+    while True:
         src = x + off[k]
         for m in range(MR):
             wv = wp[k * MR + m]
             for e in range(NB):
                 acc[m * NB + e] += wv * src[e]
-    for e in range(MR * NB):
-        out[e] = acc[e]
+        k += 1
+        if k == K:
+            break
+    for m in range(MR):
+        for e in range(VL):
+            out[m * NB + e] = acc[m * NB + e]
+            out[m * NB + VL + e] = acc[m * NB + VL + e]
+            out[m * NB + 2 * VL + e] = acc[m * NB + 2 * VL + e]
 
 
 cdef void _scatter_block(const floating *gy, const Py_ssize_t *rows, Py_ssize_t count,
