@@ -442,6 +442,8 @@ EDGE_TRANSPOSE = {
         (5, 16, 10, 10), (16, 6, 5, 5)),
     "grouped, scattered into the output": _transpose_case((8, 16, 7, 6), (16, 3, 5, 4),
                                                           groups=2),
+    # 3x3 outputs: a sample's last block reaches across the next two samples' outputs
+    "1x1 input, scattered into the output": _transpose_case((9, 6, 1, 1), (6, 2, 3, 3)),
 }
 
 

@@ -651,8 +651,8 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     Wq − OW columns between rows and the tail stay zero, and each item writes only its pixels.
     When gx is its own phase layout (stride 1, no padding: LeNet conv2) the blocks add into gx
     directly, with no planes to clear and merge; the last block of an item adds (zeros) up to
-    Lpad − L floats past it, onto the next item, which its fill then overwrites, so only the
-    last item of a run goes through the planes.
+    Lpad − L floats past it, onto the next items, whose fills then overwrite them, so only the
+    items that would reach past the end of their run go through the planes.
 
     When the phase planes fit in L1, block b holds taps b, b + nkb, b + 2·nkb, …: with
     neighbouring taps (rows one float apart) in one block, each row's read-add-write overlaps
@@ -703,7 +703,7 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
                     _place_rows(gyp + (n * g.O + grp * g.Og + o) * g.P, g.OW,
                                 gy_ext + o * p.Lpad, p.Wq, g.OH, g.OW)
                 gx_group = gxp + it * g.Cg * HW
-                direct = as_is and it < end - 1
+                direct = as_is and (it + 1) * g.Cg * HW + p.Lpad - p.L <= end * g.Cg * HW
                 if direct:
                     _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
                                has_initial)
