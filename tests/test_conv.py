@@ -484,6 +484,14 @@ EDGE_TRANSPOSE = {
     "k4 s2 p1 (phases)": _transpose_case((2, 6, 7, 6), (6, 5, 4, 4), stride=2, padding=1),
     "stride 1, grouped (phases, flipped)": _transpose_case((2, 12, 6, 5), (12, 5, 3, 3),
                                                            padding=1, groups=2),
+    # the scattered input gradient adding into the output as it stands (stride 1, no padding),
+    # on two threads' runs of samples, with the bias as its starting value
+    "LeNet conv2's adjoint (phases, scattered into the output)": _transpose_case(
+        (5, 16, 10, 10), (16, 6, 5, 5)),
+    "grouped, scattered into the output": _transpose_case((8, 16, 7, 6), (16, 3, 5, 4),
+                                                          groups=2),
+    # 3x3 outputs: a sample's last block reaches across the next two samples' outputs
+    "1x1 input, scattered into the output": _transpose_case((9, 6, 1, 1), (6, 2, 3, 3)),
 }
 
 

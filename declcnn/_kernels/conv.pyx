@@ -21,12 +21,13 @@ and weight gradient are then sums of products of rows that are contiguous in q, 
 register-blocked micro-kernels (``_block``, ``_reduce_block``: fixed-size loops that GCC turns
 into zmm FMAs on accumulators held in registers) run at close to the FMA units' rate with no
 im2col matrix; the Wq − OW columns between output rows are computed and dropped.  The input
-gradient is, for stride 1, the forward loops on gy with the kernel flipped; otherwise
-``_block`` on gy (spread to the flat layout) for a block of taps, each tap's row added back at
-its offset, and the phases merged back into the image.  With 16 or more output channels a
-group, the weight gradient instead holds output channels in the vector lanes
-(``_lanes_backward_weight``): gy is laid out channels-last, and each tap's value at an output
-pixel is broadcast from the phase planes, so no lanes sum at the end and no position is wasted.
+gradient is either the forward loops on gy with the kernel flipped (stride 1, when that does
+fewer FMAs), or ``_scatter_block`` on gy (spread to the flat layout) for a block of taps, each
+tap's row added back at its offset, and the phases merged back into the image.  With 16 or
+more output channels a group, the weight gradient instead holds output channels in the vector
+lanes (``_lanes_backward_weight``): gy is laid out channels-last, and each tap's value at an
+output pixel is broadcast from the phase planes, so no lanes sum at the end and no position is
+wasted.
 ``_uses_phases`` says which convs.
 
 The others (strides that leave im2col few copies to make, e.g. ResNet's 3×3 stride 2) are a
@@ -424,36 +425,70 @@ cdef void _store_block(const floating *tile, Py_ssize_t rows, Py_ssize_t q0, flo
 
 
 cdef void _block(const floating *x, const Py_ssize_t *off, Py_ssize_t K, const floating *wp,
-                 floating *out, const Py_ssize_t *rows, bint add) noexcept nogil:
-    """out[rows[m] + e] = (or += when ``add``) Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR,
-    e < NB.
+                 floating *out) noexcept nogil:
+    """out[m·NB + e] = Σ_k wp[k·MR + m] · x[off[k] + e] for m < MR, e < NB (K ≥ 1).
 
-    The micro-kernel of the forward and the input gradient.  Fixed trip counts let GCC keep
-    the MR × NB block in zmm registers (24 for float32) and unroll the m loop into broadcast
-    FMAs: per k, NV loads of x, MR broadcasts of w, MR·NV FMAs.  ``add`` lets the strided input
-    gradient add each tap's row at its offset straight from the registers.
+    The micro-kernel of the forward.  Fixed trip counts let GCC keep the MR × NB block in zmm
+    registers (24 for float32) and unroll the m loop into broadcast FMAs: per k, NV loads of
+    x, MR broadcasts of w, MR·NV FMAs.  The k loop is written to run at least once, so the
+    block is stored straight from the registers (see ``_scatter_block``).
     """
     cdef floating acc[MR * NB]
-    cdef Py_ssize_t k, m, e
+    cdef Py_ssize_t k = 0, m, e
     cdef const floating *src
-    cdef floating *dst
     cdef floating wv
     for e in range(MR * NB):
         acc[e] = 0
-    for k in range(K):
+    while True:
         src = x + off[k]
         for m in range(MR):
             wv = wp[k * MR + m]
             for e in range(NB):
                 acc[m * NB + e] += wv * src[e]
+        k += 1
+        if k == K:
+            break
     for m in range(MR):
-        dst = out + rows[m]
-        if add:
+        for e in range(VL):
+            out[m * NB + e] = acc[m * NB + e]
+            out[m * NB + VL + e] = acc[m * NB + VL + e]
+            out[m * NB + 2 * VL + e] = acc[m * NB + 2 * VL + e]
+
+
+cdef void _scatter_block(const floating *gy, const Py_ssize_t *rows, Py_ssize_t count,
+                         const floating *wp, floating *out, const Py_ssize_t *off) noexcept nogil:
+    """out[off[m] + e] += Σ_{o < count} wp[o·MR + m] · gy[rows[o] + e] for m < MR, e < NB
+    (count ≥ 1).
+
+    The micro-kernel of the input gradient: ``_block`` with the roles turned, reducing over
+    the output channels and adding each tap's row at its offset.  The reduction is short (16
+    steps for LeNet conv2), so the adds matter: GCC adds straight from the registers only when
+    the loop is known to run at least once (written as ``while True`` … ``break``); as a
+    ``for`` loop it stored the 24 accumulators to the stack, called memset to zero them and
+    read them back (LeNet conv2's input gradient, 1 thread: 0.45 → 0.40 ms).  The rows come
+    by offset, as in ``_block``: as gy + o·ld, GCC reloaded the float64 rows (which do not fit
+    the registers) for every tap instead of once per step.
+    """
+    cdef floating acc[MR * NB]
+    cdef Py_ssize_t o = 0, m, e
+    cdef const floating *src
+    cdef floating *dst
+    cdef floating wv
+    for e in range(MR * NB):
+        acc[e] = 0
+    while True:
+        src = gy + rows[o]
+        for m in range(MR):
+            wv = wp[o * MR + m]
             for e in range(NB):
-                dst[e] += acc[m * NB + e]
-        else:
-            for e in range(NB):
-                dst[e] = acc[m * NB + e]
+                acc[m * NB + e] += wv * src[e]
+        o += 1
+        if o == count:
+            break
+    for m in range(MR):
+        dst = out + off[m]
+        for e in range(NB):
+            dst[e] += acc[m * NB + e]
 
 
 cdef inline void _flush(const floating *acc, double *gw, Py_ssize_t ldw) noexcept nogil:
@@ -797,12 +832,9 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef floating *sp = wfp + packed
     cdef bint as_is = _input_is_phases(&g, &p)
     cdef Py_ssize_t it, n, grp, qb, ob, o
-    cdef Py_ssize_t tile_rows[MR]
     cdef const floating *planes
     cdef floating *xph
     cdef floating *tile
-    for o in range(MR):
-        tile_rows[o] = o * NB
     with nogil:
         _pack_blocks(&w[0, 0, 0, 0], wfp, g.groups, g.Og, g.K, True, False)
         for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
@@ -817,18 +849,37 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
             for qb in range(p.Lpad // NB):
                 for ob in range(nob):
                     o = grp * g.Og + ob * MR
-                    _block(planes + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile,
-                           tile_rows, False)
+                    _block(planes + qb * NB, offp, g.K, wfp + (grp * nob + ob) * g.K * MR, tile)
                     _store_block(tile, min(<Py_ssize_t> MR, g.Og - ob * MR), qb * NB,
                                  yp + (n * g.O + o) * g.P, bp + o if has_bias else NULL, &g, &p)
+
+
+cdef void _place_rows(const floating *src, Py_ssize_t lds, floating *dst, Py_ssize_t ldd,
+                      Py_ssize_t rows, Py_ssize_t cols) noexcept nogil:
+    """``_copy_rows``, with rows of VL/2 to VL floats as two overlapping half vectors (LeNet
+    conv2's gy rows of 10) instead of one float at a time."""
+    cdef Py_ssize_t r, half = VL // 2
+    if cols < half or cols >= VL:
+        _copy_rows(src, lds, dst, ldd, rows, cols)
+        return
+    for r in range(rows):
+        memcpy(dst + r * ldd, src + r * lds, half * sizeof(floating))
+        memcpy(dst + r * ldd + cols - half, src + r * lds + cols - half, half * sizeof(floating))
 
 
 cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] w,
                            const floating[::1] initial, floating[:, :, :, ::1] gx, Geometry g,
                            int num_threads):
-    """gx = initial + convᵀ(gy, w): per sample × group, gy is spread to the flat layout, each
-    block of MR taps gets Σ_o w[o, tap]·gy_ext[o] from ``_block`` and adds it at the tap's
-    offset into zeroed phase planes, which are merged into gx at the end.
+    """gx = initial + convᵀ(gy, w): per sample × group, gy is placed in the flat layout, each
+    block of MR taps gets Σ_o w[o, tap]·gy_ext[o] from ``_scatter_block`` and adds it at the
+    tap's offset into zeroed phase planes, which are merged into gx at the end.
+
+    Each thread takes one run of (sample, group) items and zeroes its spread gy once: the
+    Wq − OW columns between rows and the tail stay zero, and each item writes only its pixels.
+    When gx is its own phase layout (stride 1, no padding: LeNet conv2) the blocks add into gx
+    directly, with no planes to clear and merge; the last block of an item adds (zeros) up to
+    Lpad − L floats past it, onto the next items, whose fills then overwrite them, so only the
+    items that would reach past the end of their run go through the planes.
 
     When the phase planes fit in L1, block b holds taps b, b + nkb, b + 2·nkb, …: with
     neighbouring taps (rows one float apart) in one block, each row's read-add-write overlaps
@@ -838,8 +889,9 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     """
     cdef Phases p = _phases(&g)
     cdef Py_ssize_t nkb = _round_up(g.K, MR) // MR, packed = g.groups * nkb * MR * g.Og
+    cdef Py_ssize_t items = g.N * g.groups
     cdef bint interleaved = p.size * sizeof(floating) <= L1_BYTES
-    num_threads = _threads_for(num_threads, g.N * g.groups)
+    num_threads = _threads_for(num_threads, items)
     cdef Py_ssize_t width = g.Og * p.Lpad + p.size
     # the packed weights, then each thread's spread gy and phase planes (as in the forward)
     cdef floating[::1] scratch = np.empty(packed + num_threads * width,
@@ -848,6 +900,7 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     cdef Py_ssize_t[::1] offsets = np.empty(nkb * MR + g.Og, dtype=np.intp)
     _tap_offsets(&g, &p, &offsets[0], nkb * MR, interleaved)
     cdef bint has_initial = initial.shape[0] > 0
+    cdef bint as_is = _input_is_phases(&g, &p)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef floating *wdp = &scratch[0]
     cdef const floating *ip = &initial[0] if has_initial else NULL
@@ -855,31 +908,45 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
     cdef Py_ssize_t *rowp = &offsets[nkb * MR]
     cdef floating *gxp = &gx[0, 0, 0, 0]
     cdef floating *sp = wdp + packed
-    cdef Py_ssize_t it, n, grp, o, qb, kb, HW = g.H * g.W
+    cdef Py_ssize_t t, it, end, n, grp, o, qb, kb, HW = g.H * g.W
+    cdef bint direct
     cdef floating *gy_ext
     cdef floating *gxph
     cdef floating *gx_group
+    cdef floating *target
     for o in range(g.Og):
         rowp[o] = o * p.Lpad
     with nogil:
         _pack_blocks(&w[0, 0, 0, 0], wdp, g.groups, g.Og, g.K, False, interleaved)
-        for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
-            n = it // g.groups
-            grp = it % g.groups
-            gy_ext = sp + threadid() * width
+        for t in prange(num_threads, schedule='static', num_threads=num_threads):
+            gy_ext = sp + t * width
             gxph = gy_ext + g.Og * p.Lpad
-            for o in range(g.Og):
-                _spread(gyp + (n * g.O + grp * g.Og + o) * g.P, gy_ext + o * p.Lpad, g.OH, g.OW,
-                        p.Wq, p.Lpad)
-            memset(gxph, 0, p.size * sizeof(floating))
-            for qb in range(p.Lpad // NB):
-                for kb in range(nkb):
-                    _block(gy_ext + qb * NB, rowp, g.Og, wdp + (grp * nkb + kb) * g.Og * MR,
-                           gxph + qb * NB, offp + kb * MR, True)
-            gx_group = gxp + (n * g.C + grp * g.Cg) * HW
-            _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
-                       has_initial)
-            _merge_phases(gxph, gx_group, &g, &p)
+            memset(gy_ext, 0, g.Og * p.Lpad * sizeof(floating))
+            end = items * (t + 1) // num_threads
+            for it in range(items * t // num_threads, end):
+                n = it // g.groups
+                grp = it % g.groups
+                for o in range(g.Og):
+                    _place_rows(gyp + (n * g.O + grp * g.Og + o) * g.P, g.OW,
+                                gy_ext + o * p.Lpad, p.Wq, g.OH, g.OW)
+                gx_group = gxp + it * g.Cg * HW
+                direct = as_is and (it + 1) * g.Cg * HW + p.Lpad - p.L <= end * g.Cg * HW
+                if direct:
+                    _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
+                               has_initial)
+                    target = gx_group
+                else:
+                    memset(gxph, 0, p.size * sizeof(floating))
+                    target = gxph
+                for qb in range(p.Lpad // NB):
+                    for kb in range(nkb):
+                        _scatter_block(gy_ext + qb * NB, rowp, g.Og,
+                                       wdp + (grp * nkb + kb) * g.Og * MR, target + qb * NB,
+                                       offp + kb * MR)
+                if not direct:
+                    _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW,
+                               HW, has_initial)
+                    _merge_phases(gxph, gx_group, &g, &p)
 
 
 cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
