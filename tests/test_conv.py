@@ -252,6 +252,14 @@ def test_wide_convs_match_torch(seed):
     check_conv2d_against_torch(_wide_conv_case(seed), seed)
 
 
+def test_lanes_weight_gradient_split_by_samples_matches_torch(restore_threads):
+    """LeNet's conv2 has 13 blocks of taps × channels: on two threads they split the samples
+    (every thread all blocks, into sums of its own) instead of the blocks."""
+    declcnn.set_num_threads(2)
+    check_conv2d_against_torch(dict(x_shape=(20, 6, 14, 14), w_shape=(16, 6, 5, 5), bias=True,
+                                    stride=1, padding=0, dilation=1, groups=1))
+
+
 def test_lanes_weight_gradient_over_several_waves_matches_torch():
     """Three samples of about 2 MB of laid-out gy each go through the lanes weight gradient
     in waves (LANES_WAVE_FLOATS), each wave's layout reusing the last one's buffer.  Sums of

@@ -99,6 +99,8 @@ cdef enum:
     # fewer output channels leave most of a vector's lanes empty: ``_reduce_block`` is faster
     # (LeNet's conv1, 6 channels: 0.46 vs 0.83 ms; grouped g32, 8 a group: 5.3 vs 6.3 ms)
     LANES_MIN_CHANNELS = 16
+    # blocks a thread below which ``_lanes_backward_weight`` splits samples, not blocks
+    LANES_SPLIT_BLOCKS = 8
     # floats of channels-last gy per chunk of ``_lanes_backward_weight`` (32 KB: 64 and 128 KB
     # measured no faster on VGG), and of phase planes and gy per wave of samples (4 MB: with
     # the 32 MB of WAVE_FLOATS, faulting in the fresh pages took 6% of VGG's weight gradient)
@@ -735,7 +737,11 @@ cdef _lanes_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :
     threads, each thread owning its blocks.  Every thread walks the same chunks of samples ×
     output rows, about LANES_CHUNK_FLOATS of gy each, so that a chunk stays in cache while
     the thread's blocks pass over it, and adds each block's sum over a chunk into double sums.
-    The order of the sums does not depend on the thread count, so neither do the bits.
+    With fewer than LANES_SPLIT_BLOCKS blocks a thread (LeNet's conv2: 13 for 2 threads, 7
+    against 6) and at least as many samples a wave, the threads split each wave's samples
+    instead, every thread all blocks into sums of its own, added up in thread order at the
+    end.  Either way the bits depend only
+    on the thread count.
     """
     cdef Phases p = _phases(&g)
     cdef Lanes lanes = _lanes(&g)
@@ -750,23 +756,30 @@ cdef _lanes_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :
     _tap_offsets(&g, &p, &off[0], lanes.Kpad, False)
     cdef Py_ssize_t tb = lanes.Kpad // lanes.MT, obs = lanes.Ogp // lanes.OV
     cdef Py_ssize_t blocks = g.groups * tb * obs
-    cdef double[:, :, ::1] sums = np.zeros((g.groups, lanes.Kpad, lanes.Ogp))
+    cdef int block_threads = _threads_for(num_threads, blocks)
+    cdef bint by_samples = (blocks < LANES_SPLIT_BLOCKS * block_threads
+                            and wave >= LANES_SPLIT_BLOCKS * block_threads)
+    if by_samples:
+        block_threads = _threads_for(num_threads, wave)
+    cdef Py_ssize_t size = g.groups * lanes.Kpad * lanes.Ogp
+    cdef double[:, ::1] sums = np.zeros((block_threads if by_samples else 1, size))
     # a chunk: whole samples when one sample's gy fits, else rows of one sample
     cdef Py_ssize_t chunk_samples = max(1, LANES_CHUNK_FLOATS // lanes.gsize)
     cdef Py_ssize_t chunk_rows = g.OH if lanes.gsize <= LANES_CHUNK_FLOATS else max(
         1, LANES_CHUNK_FLOATS // (g.OW * lanes.Ogp))
     cdef int layout_threads = _threads_for(num_threads, wave * g.groups)
-    cdef int block_threads = _threads_for(num_threads, blocks)
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef const Py_ssize_t *offp = &off[0]
     cdef floating *gwp = &gw[0, 0, 0, 0]
     # rows of the laid-out gy start on cache lines: their loads never split one
     cdef floating *sp = &scratch[0] + (-(<size_t> &scratch[0]) // sizeof(floating)) % VL
-    cdef double *sums_p = &sums[0, 0, 0]
+    cdef double *sums_p = &sums[0, 0]
+    cdef double *part
     cdef Py_ssize_t x_stride = g.C * g.H * g.W if as_is else per_sample
     cdef Py_ssize_t first, n0, count, it, n, grp, th, b0, b1, blk, tbk, ob, cn, cr, r0, ns, nr
-    cdef Py_ssize_t o, k
+    cdef Py_ssize_t s0, s1, o, k, t
+    cdef double total
     cdef const floating *xs
     cdef floating *base
     with nogil:
@@ -781,11 +794,19 @@ cdef _lanes_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :
                     _split_phases(xp + (n * g.C + grp * g.Cg) * g.H * g.W, base, &g, &p)
                 _channels_last(gyp + (n * g.O + grp * g.Og) * g.P, base + xsize, &g, &lanes)
             for th in prange(block_threads, schedule='static', num_threads=block_threads):
-                b0 = th * blocks // block_threads
-                b1 = (th + 1) * blocks // block_threads
-                for cn in range((count + chunk_samples - 1) // chunk_samples):
-                    n = cn * chunk_samples
-                    ns = min(chunk_samples, count - n)
+                if by_samples:
+                    b0, b1 = 0, blocks
+                    s0 = th * count // block_threads
+                    s1 = (th + 1) * count // block_threads
+                    part = sums_p + th * size
+                else:
+                    b0 = th * blocks // block_threads
+                    b1 = (th + 1) * blocks // block_threads
+                    s0, s1 = 0, count
+                    part = sums_p
+                for cn in range((s1 - s0 + chunk_samples - 1) // chunk_samples):
+                    n = s0 + cn * chunk_samples
+                    ns = min(chunk_samples, s1 - n)
                     for cr in range((g.OH + chunk_rows - 1) // chunk_rows):
                         r0 = cr * chunk_rows
                         nr = min(chunk_rows, g.OH - r0)
@@ -799,13 +820,15 @@ cdef _lanes_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :
                             _lanes_block(xs + r0 * p.Wq, offp + tbk * lanes.MT,
                                          base + xsize + r0 * g.OW * lanes.Ogp + ob * lanes.OV,
                                          ns, nr, g.OW, x_stride, p.Wq, per_sample, lanes.Ogp,
-                                         sums_p + (grp * lanes.Kpad + tbk * lanes.MT)
+                                         part + (grp * lanes.Kpad + tbk * lanes.MT)
                                          * lanes.Ogp + ob * lanes.OV, lanes.OV)
         for grp in range(g.groups):
             for o in range(g.Og):
                 for k in range(g.K):
-                    gwp[(grp * g.Og + o) * g.K + k] = <floating> sums_p[
-                        (grp * lanes.Kpad + k) * lanes.Ogp + o]
+                    total = 0
+                    for t in range(sums.shape[0]):
+                        total = total + sums_p[t * size + (grp * lanes.Kpad + k) * lanes.Ogp + o]
+                    gwp[(grp * g.Og + o) * g.K + k] = <floating> total
 
 
 cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
