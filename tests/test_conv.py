@@ -353,6 +353,9 @@ GRADCHECK_CONV = {
     "phases, one input channel": dict(
         x_shape=(2, 1, 6, 5), w_shape=(6, 1, 3, 3), bias=True, stride=1, padding=2,
         dilation=1, groups=1),
+    "phases, output pixels × a vector of channels": dict(
+        x_shape=(2, 3, 7, 9), w_shape=(12, 3, 3, 4), bias=True, stride=1,
+        padding=((1, 0), (0, 2)), dilation=1, groups=1),
     "phases, output channels in lanes": dict(
         x_shape=(2, 4, 6, 7), w_shape=(34, 2, 3, 2), bias=True, stride=(1, 2), padding=(1, 2),
         dilation=(2, 1), groups=2),
