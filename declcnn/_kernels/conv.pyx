@@ -745,8 +745,7 @@ cdef _lanes_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :
     With fewer than LANES_SPLIT_BLOCKS blocks a thread (LeNet's conv2: 13 for 2 threads, 7
     against 6) and at least as many samples a wave, the threads split each wave's samples
     instead, every thread all blocks into sums of its own, added up in thread order at the
-    end.  Either way the bits depend only
-    on the thread count.
+    end.  Either way the bits depend only on the thread count.
     """
     cdef Phases p = _phases(&g)
     cdef Lanes lanes = _lanes(&g)
@@ -901,9 +900,9 @@ cdef _pixels_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef Py_ssize_t planes_size = 0 if as_is else p.size
     cdef Py_ssize_t width = planes_size + g.P * VL
     # the weights as [group][tap][channel, zero-padded to VL], each group's start values (its
-    # biases), then the threads' scratch
+    # biases), then the threads' scratch (written before it is read: only the packing is zeroed)
     cdef Py_ssize_t packed = g.groups * (g.K + 1) * VL
-    cdef floating[::1] scratch = np.zeros(packed + num_threads * width, dtype=dtype)
+    cdef floating[::1] scratch = np.empty(packed + num_threads * width, dtype=dtype)
     cdef Py_ssize_t[::1] off = np.empty(g.K, dtype=np.intp)
     _tap_offsets(&g, &p, &off[0], g.K, False)
     cdef const floating *xp = &x[0, 0, 0, 0]
@@ -915,6 +914,7 @@ cdef _pixels_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
     cdef Py_ssize_t it, n, grp, o, k, rb, cb, oh0, ow0
     cdef const floating *planes
     cdef floating *tile
+    memset(wtp, 0, packed * sizeof(floating))
     for grp in range(g.groups):
         for o in range(g.Og):
             for k in range(g.K):
@@ -1086,7 +1086,8 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
 
 cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
                              floating[:, :, :, ::1] gw, Geometry g, int num_threads):
-    """gw[o, k] = Σ_n Σ_q gy_ext[n, o, q] · xph[n, off[k] + q].
+    """gw[o, k] = Σ_n Σ_q gy_ext[n, o, q] · xph[n, off[k] + q], for fewer than
+    LANES_MIN_CHANNELS output channels a group (more go to ``_lanes_backward_weight``).
 
     Samples go in waves whose phase planes and spread gy fit ``WAVE_FLOATS``: the wave is laid
     out in parallel, then each MO × MK block of gw is one iteration that sums over every sample
@@ -1506,11 +1507,11 @@ def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], gy.shape[1],
                                 gy.shape[2], gy.shape[3], gw.shape[2], gw.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
-    if _uses_phases(&g) and g.Og >= LANES_MIN_CHANNELS:
-        _lanes_backward_weight(gy, x, gw, g, num_threads)
-        return
     if _uses_phases(&g):
-        _phased_backward_weight(gy, x, gw, g, num_threads)
+        if g.Og >= LANES_MIN_CHANNELS:
+            _lanes_backward_weight(gy, x, gw, g, num_threads)
+        else:
+            _phased_backward_weight(gy, x, gw, g, num_threads)
         return
     if g.Cg == 1:
         _depthwise_backward_weight(gy, x, gw, g, num_threads)
