@@ -15,11 +15,6 @@ SWEEP = 60
 SLOPES = (0.01, 0.2, -0.5, 1.5)
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    set_num_threads(None)
-
 
 def random_shape(rng, index, min_ndim=1):
     """Shapes of 1–4 axes, small; the first two of the sweep have batch 0 and 1."""

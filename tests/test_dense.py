@@ -15,11 +15,6 @@ from declcnn.ops import resample as R
 SWEEP = 60
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    set_num_threads(None)
-
 
 def linear_case(rng, index):
     """Batch 0 and 1 first; both weight-gradient partitions (out ≥ in and out < in) occur."""

@@ -17,11 +17,6 @@ from declcnn.ops.loss import softmax_cross_entropy
 SWEEP = 60
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    set_num_threads(None)
-
 
 def loss_case(rng, index, dtype=np.float32):
     """N × C (even index) or N × C × H × W logits, one target in five ignored; batch 0 and 1

@@ -15,11 +15,6 @@ from declcnn.ops import norm as Nm
 SWEEP = 60
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    set_num_threads(None)
-
 
 def norm_case(rng, index, dtype=np.float32):
     """Training in even cases; batch 0 and 1 first (batch 1 still has H·W > 1 values per

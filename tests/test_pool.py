@@ -534,11 +534,6 @@ def test_backward_arguments_are_checked():
 # ---------------------------------------------------------------- threads
 
 
-@pytest.fixture
-def restore_threads():
-    yield
-    set_num_threads(None)
-
 
 def run_every_pool(x, grad_seed=15):
     rng = np.random.default_rng(grad_seed)

@@ -30,19 +30,15 @@ output pixel is broadcast from the phase planes, so no lanes sum at the end and 
 wasted.  Likewise a forward with one vector of output channels a group, on small planes where
 the flat layout's dropped columns cost most (LeNet's conv2), holds the channels in the lanes
 and blocks of output pixels in the registers (``_pixels_forward``).
-``_uses_phases`` says which convs.
+When every output channel reads one input channel (C/g = 1: depthwise) the same flat phase
+planes feed single-channel micro-kernels (``_depthwise_block``, ``_depthwise_reduce``), one
+plane at a time; their input gradient is, for stride 1, their forward on gy with the kernel
+flipped, otherwise scattered row by row over the taps.
 
-The others (strides that leave im2col few copies to make, e.g. ResNet's 3×3 stride 2) are a
-GEMM per sample × group on an im2col matrix (K = C/g·kh·kw rows, P = OH·OW columns) through
-scipy's single-threaded BLAS, inside ``prange``; a 1×1 stride-1 unpadded conv uses x itself as
-that matrix.  The columns are cut into tiles of whole output rows, about ``TILE_FLOATS``
-entries each, so the im2col scratch stays bounded and a small batch of large images still
-splits over threads (forward and weight gradient; the input gradient of one sample stays on
-one thread, because neighbouring tiles add onto the same input rows).  When every output
-channel reads one input channel (C/g = 1: depthwise, with any channel multiplier below four)
-the same flat phase planes feed single-channel micro-kernels (``_depthwise_block``,
-``_depthwise_reduce``), one plane at a time; the input gradient is, for stride 1, their
-forward on gy with the kernel flipped, otherwise scattered row by row over the taps.
+These loops run on the phase planes; GEMM over the whole batch is ``conv_gemm.pyx``.  Which
+algorithm runs for a pass is not decided here: every entry point takes the ``algorithm`` the
+plan chose (``declcnn/ops/conv_plan.py``), which also holds the rules and the measurements
+behind them.
 
 The ops validate, size and allocate the outputs; these loops trust them.
 """
@@ -54,7 +50,21 @@ from libc.string cimport memcpy, memset
 
 from cython cimport floating
 
-from declcnn._kernels._blas cimport gemm
+cdef extern from *:
+    """
+    #if defined(__AVX512F__)
+    #define DECLCNN_VECTOR_BYTES 64
+    #define DECLCNN_VECTOR_REGISTERS 32
+    #elif defined(__AVX__)
+    #define DECLCNN_VECTOR_BYTES 32
+    #define DECLCNN_VECTOR_REGISTERS 16
+    #else
+    #define DECLCNN_VECTOR_BYTES 16
+    #define DECLCNN_VECTOR_REGISTERS 16
+    #endif
+    """
+    int DECLCNN_VECTOR_BYTES
+    int DECLCNN_VECTOR_REGISTERS
 
 
 cdef struct Geometry:
@@ -62,16 +72,10 @@ cdef struct Geometry:
     Py_ssize_t O, OH, OW           # conv-view output
     Py_ssize_t kh, kw, sh, sw, pt, pl, dh, dw
     Py_ssize_t groups, Cg, Og      # Cg = C / groups, Og = O / groups
-    Py_ssize_t K, P                # im2col rows Cg·kh·kw and columns OH·OW
-    Py_ssize_t rows, tiles         # output rows per column tile, tiles per sample × group
-    bint pointwise                 # 1×1, stride 1, no padding: x is its own im2col matrix
+    Py_ssize_t K, P                # taps a group Cg·kh·kw and output pixels OH·OW
 
 
 cdef enum:
-    # 1 MB of float32 per im2col tile bounds the scratch and lets one large image split over
-    # threads; smaller tiles measured slower (narrow GEMMs: 64×576×3136 per sample ran 24 ms at
-    # 256 KB tiles, 22.5 ms at 1 MB, 21.6 ms untiled)
-    TILE_FLOATS = 262144
     # ``_block``: MR rows × NB = NV·VL flat positions, 24 zmm accumulators for float32 (MR = 8
     # rows suits the 6 and 16 output channels of LeNet as well as 64; NV = 3 vectors wastes
     # little past the end of a small image's L positions: 136 → 144 for LeNet's conv2)
@@ -98,9 +102,6 @@ cdef enum:
     # the most taps per block
     LANES_ACC = 384
     LANES_TAPS = 12
-    # fewer output channels leave most of a vector's lanes empty: ``_reduce_block`` is faster
-    # (LeNet's conv1, 6 channels: 0.46 vs 0.83 ms; grouped g32, 8 a group: 5.3 vs 6.3 ms)
-    LANES_MIN_CHANNELS = 16
     # ``_pixels_block``: PR rows × PW columns of output pixels, PIX accumulators of VL channels
     # (its body is written for two rows)
     PR = 2
@@ -126,30 +127,12 @@ cdef Geometry _geometry(Py_ssize_t N, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, 
     g.Og = O // groups
     g.K = g.Cg * kh * kw
     g.P = OH * OW
-    g.pointwise = kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 \
-        and OH == H and OW == W
-    g.rows = max(1, min(OH, TILE_FLOATS // max(1, g.K * OW)))
-    g.tiles = (OH + g.rows - 1) // g.rows
     return g
 
 
 cdef inline int _threads_for(int requested, Py_ssize_t items) noexcept:
     """No more threads than work items, so no scratch is allocated for idle threads."""
     return <int> max(1, min(<Py_ssize_t> requested, items))
-
-
-cdef inline bint _uses_phases(const Geometry *g) noexcept nogil:
-    """Whether a conv runs on the phase kernels rather than im2col + GEMM or the depthwise loops.
-
-    im2col copies each input pixel kh·kw / (sh·sw) times; from three copies on, the phase
-    kernels win (VGG 3×3: 55 vs 69 ms forward + backward; transposed k4 s2: 20 vs 25 ms), below
-    it the copy is cheap and OpenBLAS's GEMM beats them (ResNet 3×3 s2: 29 vs 38 ms; U-Net k2
-    s2: 16 vs 20 ms).  Depthwise convs keep their per-plane loops unless each input channel has
-    four or more outputs to fill the MR-row blocks (LeNet's first conv, 1 → 6).
-    """
-    if g.pointwise or (g.Cg == 1 and g.Og < 4):
-        return False
-    return g.kh * g.kw >= 3 * g.sh * g.sw
 
 
 cdef inline void _valid_range(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t size,
@@ -177,76 +160,6 @@ cdef inline void _copy_row(const floating *src, floating *dst, Py_ssize_t lo, Py
         for s in range(lo, hi):
             dst[s] = src[s * stride]
     memset(dst + hi, 0, (length - hi) * sizeof(floating))
-
-
-cdef void _im2col(const floating *x, floating *col, const Geometry *g, Py_ssize_t oh0,
-                  Py_ssize_t oh1) noexcept nogil:
-    """col[(c·kh + i)·kw + j, (oh − oh0)·OW + ow] = x[c, oh·sh + i·dh − pt, ow·sw + j·dw − pl]
-    for output rows oh0 ≤ oh < oh1, or 0 where that pixel is outside the input."""
-    cdef Py_ssize_t c, i, j, oh, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
-    cdef floating *dst
-    for c in range(g.Cg):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                off = j * g.dw - g.pl
-                _valid_range(off, g.sw, g.W, g.OW, &lo, &hi)
-                for oh in range(oh0, oh1):
-                    dst = col + ((c * g.kh + i) * g.kw + j) * cols + (oh - oh0) * g.OW
-                    ih = oh * g.sh + i * g.dh - g.pt
-                    if ih < 0 or ih >= g.H:
-                        memset(dst, 0, g.OW * sizeof(floating))
-                        continue
-                    _copy_row(x + (c * g.H + ih) * g.W + off, dst, lo, hi, g.OW, g.sw)
-
-
-cdef struct Tile:
-    # iteration it of the GEMM paths: sample n, group grp, output rows [oh0, oh1)
-    Py_ssize_t n, grp, oh0, oh1
-
-
-cdef inline Tile _tile(Py_ssize_t it, const Geometry *g) noexcept nogil:
-    cdef Tile t
-    t.n = it // (g.groups * g.tiles)
-    t.grp = it // g.tiles % g.groups
-    t.oh0 = it % g.tiles * g.rows
-    t.oh1 = min(t.oh0 + g.rows, g.OH)
-    return t
-
-
-cdef inline const floating *_tile_columns(const floating *x, floating *col, const Geometry *g,
-                                          const Tile *t, bint use_col) noexcept nogil:
-    """The K × cols matrix of tile t's output rows: im2col'd into ``col`` (leading dimension
-    cols), or a 1×1 stride-1 conv's input as it stands (leading dimension P)."""
-    cdef const floating *x_group = x + (t.n * g.C + t.grp * g.Cg) * g.H * g.W
-    if use_col:
-        _im2col(x_group, col, g, t.oh0, t.oh1)
-        return col
-    return x_group + t.oh0 * g.OW
-
-
-cdef void _col2im(const floating *col, floating *x, const Geometry *g, Py_ssize_t oh0,
-                  Py_ssize_t oh1) noexcept nogil:
-    """The adjoint of ``_im2col``: adds every column entry back onto the pixel it was read from."""
-    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off, cols = (oh1 - oh0) * g.OW
-    cdef const floating *src
-    cdef floating *dst
-    for c in range(g.Cg):
-        for i in range(g.kh):
-            for j in range(g.kw):
-                off = j * g.dw - g.pl
-                _valid_range(off, g.sw, g.W, g.OW, &lo, &hi)
-                for oh in range(oh0, oh1):
-                    ih = oh * g.sh + i * g.dh - g.pt
-                    if ih < 0 or ih >= g.H:
-                        continue
-                    src = col + ((c * g.kh + i) * g.kw + j) * cols + (oh - oh0) * g.OW
-                    dst = x + (c * g.H + ih) * g.W + off
-                    if g.sw == 1:  # a separate loop the compiler can vectorise
-                        for ow in range(lo, hi):
-                            dst[ow] += src[ow]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow * g.sw] += src[ow]
 
 
 cdef inline void _fill_rows(floating *rows, const floating *values, Py_ssize_t count,
@@ -872,18 +785,6 @@ cdef void _pixels_block(const floating *x, const Py_ssize_t *off, Py_ssize_t K,
             out[(ldo + c) * VL + e] = acc[(PW + c) * VL + e]
 
 
-cdef inline bint _pixels_fit(const Geometry *g, const Phases *p) noexcept nogil:
-    """Whether the forward runs on ``_pixels_block``: one vector of output channels a group,
-    more than half of it used, an output of at least PR × PW pixels, and fewer cycles than
-    ``_block`` by their bottlenecks, loads (PIX + 1 a tap) against FMAs (MR·NV a tap).  LeNet's
-    conv2 (10 × 10 outputs on 14-wide planes): 10 blocks × 11 against 6 × 24, 0.31 → 0.25 ms;
-    16 channels on 32 × 32, where the flat layout wastes little: 1232 against 1104, and
-    ``_pixels_block`` measured 2.6 → 3.2 ms."""
-    return (VL // 2 < g.Og <= VL and g.OH >= PR and g.OW >= PW
-            and ((g.OH + PR - 1) // PR) * ((g.OW + PW - 1) // PW) * (PIX + 1)
-            < p.Lpad // NB * (_round_up(g.Og, MR) // MR) * MR * NV)
-
-
 cdef _pixels_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                      const floating[::1] bias, floating[:, :, :, ::1] y, Geometry g,
                      int num_threads):
@@ -944,11 +845,8 @@ cdef _phased_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1
                      const floating[::1] bias, floating[:, :, :, ::1] y, Geometry g,
                      int num_threads):
     """y = conv(x, w) + bias on the flat phase planes: one sample × group per iteration, its
-    output in blocks of NB flat positions × MR output channels (or ``_pixels_forward``)."""
+    output in blocks of NB flat positions × MR output channels."""
     cdef Phases p = _phases(&g)
-    if _pixels_fit(&g, &p):
-        _pixels_forward(x, w, bias, y, g, num_threads)
-        return
     cdef Py_ssize_t nob = _round_up(g.Og, MR) // MR, packed = g.groups * nob * MR * g.K
     num_threads = _threads_for(num_threads, g.N * g.groups)
     cdef Py_ssize_t width = p.size + MR * NB
@@ -1086,8 +984,9 @@ cdef _phased_backward_data(const floating[:, :, :, ::1] gy, const floating[:, :,
 
 cdef _phased_backward_weight(const floating[:, :, :, ::1] gy, const floating[:, :, :, ::1] x,
                              floating[:, :, :, ::1] gw, Geometry g, int num_threads):
-    """gw[o, k] = Σ_n Σ_q gy_ext[n, o, q] · xph[n, off[k] + q], for fewer than
-    LANES_MIN_CHANNELS output channels a group (more go to ``_lanes_backward_weight``).
+    """gw[o, k] = Σ_n Σ_q gy_ext[n, o, q] · xph[n, off[k] + q], with the sums of blocks of
+    MO output channels × MK taps held across VL flat positions (few output channels a group;
+    ``_lanes_backward_weight`` holds the channels in the lanes instead).
 
     Samples go in waves whose phase planes and spread gy fit ``WAVE_FLOATS``: the wave is laid
     out in parallel, then each MO × MK block of gw is one iteration that sums over every sample
@@ -1359,51 +1258,43 @@ cdef _depthwise_backward_weight(const floating[:, :, :, ::1] gy,
                     gwp[o * g.K + k] = <floating> sums_p[o * g.K + k]
 
 
+# The algorithms each entry point runs, as the plan (``declcnn/ops/conv_plan.py``) names them.
+FORWARD = {"phases": 0, "pixels": 1, "depthwise": 2}
+BACKWARD_DATA = {"scatter": 0, "depthwise-scatter": 1}
+BACKWARD_WEIGHT = {"reduce": 0, "lanes": 1, "depthwise": 2}
+
+
+def blocking():
+    """The micro-kernels' block sizes, and the vector registers of the target this module was
+    compiled for (bytes each, and how many), for the plan's cost rules."""
+    return {"MR": MR, "NV": NV, "VL": VL, "NB": NB, "PR": PR, "PW": PW,
+            "vector_bytes": DECLCNN_VECTOR_BYTES, "vector_registers": DECLCNN_VECTOR_REGISTERS}
+
+
 def conv_forward(const floating[:, :, :, ::1] x not None,
                  const floating[:, :, :, ::1] w not None,
                  const floating[::1] bias not None,
                  floating[:, :, :, ::1] y not None,
-                 int sh, int sw, int pt, int pl, int dh, int dw, int groups, int num_threads):
-    """y = conv(x, w) + bias (``bias`` of length 0: no bias).  Writes every element of y."""
+                 int sh, int sw, int pt, int pl, int dh, int dw, int groups, int num_threads,
+                 int algorithm):
+    """y = conv(x, w) + bias (``bias`` of length 0: no bias) by ``FORWARD[algorithm]``:
+    ``phases`` (``_block``), ``pixels`` (``_pixels_block``: at most VL output channels a group,
+    an output of at least PR × PW) or ``depthwise`` (``_depthwise_block``, one output channel
+    at a time).  Writes every element of y."""
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], y.shape[1],
                                 y.shape[2], y.shape[3], w.shape[2], w.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
-    cdef bint has_bias = bias.shape[0] > 0
-    if _uses_phases(&g):
+    if algorithm == FORWARD["phases"]:
         _phased_forward(x, w, bias, y, g, num_threads)
-        return
-    if g.Cg == 1:
+    elif algorithm == FORWARD["pixels"]:
+        if g.Og > VL or g.OH < PR or g.OW < PW:
+            raise ValueError("the pixels forward needs ≤ VL output channels a group and an "
+                             "output of at least PR × PW pixels")
+        _pixels_forward(x, w, bias, y, g, num_threads)
+    elif algorithm == FORWARD["depthwise"]:
         _depthwise_forward(x, w, bias, y, g, num_threads)
-        return
-    num_threads = _threads_for(num_threads, g.N * g.groups * g.tiles)
-    cdef bint use_col = not g.pointwise
-    cdef Py_ssize_t tile_size = g.K * g.rows * g.OW
-    cdef Py_ssize_t width = tile_size if use_col else 0
-    cdef floating[:, ::1] scratch = np.empty(
-        (num_threads if width else 0, width), dtype=np.float32 if floating is float else np.float64)
-    cdef const floating *xp = &x[0, 0, 0, 0]
-    cdef const floating *wp = &w[0, 0, 0, 0]
-    cdef const floating *bp = &bias[0] if has_bias else NULL
-    cdef floating *yp = &y[0, 0, 0, 0]
-    cdef floating *colp = &scratch[0, 0] if width else NULL
-    cdef Py_ssize_t it, cols
-    cdef Tile tile
-    cdef const floating *b_mat
-    cdef floating *y_tile
-    cdef floating one = 1
-    with nogil:
-        # one tile of output rows of one sample × group per iteration
-        for it in prange(g.N * g.groups * g.tiles, schedule='static',
-                         num_threads=num_threads):
-            tile = _tile(it, &g)
-            cols = (tile.oh1 - tile.oh0) * g.OW
-            y_tile = yp + (tile.n * g.O + tile.grp * g.Og) * g.P + tile.oh0 * g.OW
-            b_mat = _tile_columns(xp, colp + threadid() * tile_size, &g, &tile, use_col)
-            _fill_rows(y_tile, bp + tile.grp * g.Og if has_bias else NULL, g.Og, cols, g.P,
-                       has_bias)
-            gemm(c'N', c'N', g.Og, cols, g.K, wp + tile.grp * g.Og * g.K, g.K, b_mat,
-                 cols if use_col else g.P, one,
-                  y_tile, g.P)
+    else:
+        raise ValueError(f"unknown forward algorithm {algorithm}")
 
 
 def conv_backward_data(const floating[:, :, :, ::1] gy not None,
@@ -1411,143 +1302,64 @@ def conv_backward_data(const floating[:, :, :, ::1] gy not None,
                        const floating[::1] initial not None,
                        floating[:, :, :, ::1] gx not None,
                        int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                       int num_threads):
-    """gx = initial + convᵀ(gy, w): the input gradient of ``conv_forward``.
-
-    ``initial`` (one value per channel of gx, or length 0 for zeros) lets conv_transpose2d add
-    its bias in the same pass.  Every (sample, group) writes its own channels of gx only.
-    """
+                       int num_threads, int algorithm):
+    """gx = initial + convᵀ(gy, w), the input gradient of ``conv_forward``, by
+    ``BACKWARD_DATA[algorithm]``: ``scatter`` (``_scatter_block`` on the phase planes) or
+    ``depthwise-scatter`` (one input channel a group: gy scattered through the taps row by
+    row).  ``initial`` (one value per channel of gx, or length 0 for zeros) lets
+    conv_transpose2d add its bias in the same pass.  (The plan's ``flipped:`` algorithms run
+    ``conv_forward`` on gy instead.)"""
     cdef Geometry g = _geometry(gx.shape[0], gx.shape[1], gx.shape[2], gx.shape[3], gy.shape[1],
                                 gy.shape[2], gy.shape[3], w.shape[2], w.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
-    cdef bint has_initial = initial.shape[0] > 0
-    cdef bint direct = g.Cg == 1 and not _uses_phases(&g)
-    # stride 1: the input gradient is also the forward conv of gy, padded by the dilated
-    # kernel's reach less the padding, with the kernel flipped and in and out channels swapped;
-    # that gathers (no scattered adds) and reduces over Og·kh·kw, but fills its MR-row blocks
-    # with only Cg channels: take it when it does fewer block FMAs, counting the scatter's
-    # stores and adds as ~6 more reduction steps (measured: VGG 17.2 vs 19.4 ms, grouped g32
-    # 3.2 vs 6.6 ms, LeNet conv2 0.96 vs 0.71 ms); the depthwise loops always take it
-    cdef Geometry flipped = _geometry(g.N, g.O, g.OH, g.OW, g.C, g.H, g.W, g.kh, g.kw, 1, 1,
-                                      g.dh * (g.kh - 1) - g.pt, g.dw * (g.kw - 1) - g.pl, g.dh,
-                                      g.dw, g.groups)
-    cdef Phases fp = _phases(&flipped), sp = _phases(&g)
-    cdef const floating[:, :, :, ::1] w_flipped
-    if g.sh == 1 and g.sw == 1 and (
-            direct or _uses_phases(&g) and _round_up(g.Cg, MR) * fp.Lpad * g.Og * g.kh * g.kw
-            < _round_up(g.K, MR) * sp.Lpad * (g.Og + 6)):
-        w_flipped = np.ascontiguousarray(
-            np.asarray(w).reshape(g.groups, g.Og, g.Cg, g.kh, g.kw)[:, :, :, ::-1, ::-1]
-            .transpose(0, 2, 1, 3, 4).reshape(g.C, g.Og, g.kh, g.kw))
-        if direct:
-            _depthwise_forward(gy, w_flipped, initial, gx, flipped, num_threads)
-        else:
-            _phased_forward(gy, w_flipped, initial, gx, flipped, num_threads)
-        return
-    if _uses_phases(&g):
+    if algorithm == BACKWARD_DATA["scatter"]:
         _phased_backward_data(gy, w, initial, gx, g, num_threads)
         return
-    num_threads = _threads_for(num_threads, g.N * g.C if direct else g.N * g.groups)
-    cdef bint use_col = not direct and not g.pointwise
-    cdef Py_ssize_t tile_size = g.K * g.rows * g.OW
-    cdef Py_ssize_t width = tile_size if use_col else 0
-    cdef floating[:, ::1] scratch = np.empty(
-        (num_threads if width else 0, width), dtype=np.float32 if floating is float else np.float64)
+    if algorithm != BACKWARD_DATA["depthwise-scatter"]:
+        raise ValueError(f"unknown input-gradient algorithm {algorithm}")
+    if g.Cg != 1:
+        raise ValueError("the depthwise scatter needs one input channel a group")
+    num_threads = _threads_for(num_threads, g.N * g.C)
+    cdef bint has_initial = initial.shape[0] > 0
     cdef const floating *gyp = &gy[0, 0, 0, 0]
     cdef const floating *wp = &w[0, 0, 0, 0]
     cdef const floating *ip = &initial[0] if has_initial else NULL
     cdef floating *gxp = &gx[0, 0, 0, 0]
-    cdef floating *colp = &scratch[0, 0] if width else NULL
-    cdef Py_ssize_t it, n, grp, c, m, tile, oh0, oh1, HW = g.H * g.W
-    cdef const floating *gy_group
-    cdef floating *gx_group
-    cdef floating one = 1, zero = 0
+    cdef Py_ssize_t it, n, c, m, HW = g.H * g.W
     with nogil:
-        if direct:
-            # input channel c collects from its Og output channels c·Og … c·Og + Og − 1
-            for it in prange(g.N * g.C, schedule='static', num_threads=num_threads):
-                n = it // g.C
-                c = it % g.C
-                _fill_rows(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, HW, has_initial)
-                for m in range(g.Og):
-                    _depthwise_data_plane(gyp + (n * g.O + c * g.Og + m) * g.P,
-                                          wp + (c * g.Og + m) * g.kh * g.kw, gxp + it * HW, &g)
-        else:
-            for it in prange(g.N * g.groups, schedule='static', num_threads=num_threads):
-                n = it // g.groups
-                grp = it % g.groups
-                gx_group = gxp + (n * g.C + grp * g.Cg) * HW
-                gy_group = gyp + (n * g.O + grp * g.Og) * g.P
-                _fill_rows(gx_group, ip + grp * g.Cg if has_initial else NULL, g.Cg, HW, HW,
-                           has_initial)
-                if g.pointwise:  # gx rows are the GEMM's output rows: accumulate in place
-                    gemm(c'T', c'N', g.K, g.P, g.Og, wp + grp * g.Og * g.K, g.K, gy_group, g.P,
-                          one, gx_group, g.P)
-                    continue
-                for tile in range(g.tiles):
-                    oh0 = tile * g.rows
-                    oh1 = min(oh0 + g.rows, g.OH)
-                    gemm(c'T', c'N', g.K, (oh1 - oh0) * g.OW, g.Og, wp + grp * g.Og * g.K,
-                          g.K, gy_group + oh0 * g.OW, g.P, zero,
-                          colp + threadid() * tile_size, (oh1 - oh0) * g.OW)
-                    _col2im(colp + threadid() * tile_size, gx_group, &g, oh0, oh1)
+        # input channel c collects from its Og output channels c·Og … c·Og + Og − 1
+        for it in prange(g.N * g.C, schedule='static', num_threads=num_threads):
+            n = it // g.C
+            c = it % g.C
+            _fill_rows(gxp + it * HW, ip + c if has_initial else NULL, 1, HW, HW, has_initial)
+            for m in range(g.Og):
+                _depthwise_data_plane(gyp + (n * g.O + c * g.Og + m) * g.P,
+                                      wp + (c * g.Og + m) * g.kh * g.kw, gxp + it * HW, &g)
 
 
 def conv_backward_weight(const floating[:, :, :, ::1] gy not None,
                          const floating[:, :, :, ::1] x not None,
                          floating[:, :, :, ::1] gw not None,
                          int sh, int sw, int pt, int pl, int dh, int dw, int groups,
-                         int num_threads):
-    """gw = Σ_n gy[n] · im2col(x[n])ᵀ per group: the weight gradient of ``conv_forward``.
-
-    The GEMM path accumulates into one partial per thread and sums the partials in thread order
-    afterwards; the depthwise path gives each input channel (with its outputs) to one thread and
-    the phase paths each block of gw.  Either way the bits depend only on the thread count.
-    """
+                         int num_threads, int algorithm):
+    """gw[o, c, i, j] = Σ_{n, oh, ow} gy[n, o, oh, ow] · x[n, c, …], the weight gradient of
+    ``conv_forward``, by ``BACKWARD_WEIGHT[algorithm]``: ``reduce`` (``_reduce_block``),
+    ``lanes`` (output channels in the lanes) or ``depthwise`` (one input channel a group).
+    Each block of gw is summed by one thread in one order: the bits depend at most on the
+    thread count (``lanes`` splitting samples)."""
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], gy.shape[1],
                                 gy.shape[2], gy.shape[3], gw.shape[2], gw.shape[3],
                                 sh, sw, pt, pl, dh, dw, groups)
-    if _uses_phases(&g):
-        if g.Og >= LANES_MIN_CHANNELS:
-            _lanes_backward_weight(gy, x, gw, g, num_threads)
-        else:
-            _phased_backward_weight(gy, x, gw, g, num_threads)
-        return
-    if g.Cg == 1:
+    if algorithm == BACKWARD_WEIGHT["reduce"]:
+        _phased_backward_weight(gy, x, gw, g, num_threads)
+    elif algorithm == BACKWARD_WEIGHT["lanes"]:
+        _lanes_backward_weight(gy, x, gw, g, num_threads)
+    elif algorithm == BACKWARD_WEIGHT["depthwise"]:
+        if g.Cg != 1:
+            raise ValueError("the depthwise weight gradient needs one input channel a group")
         _depthwise_backward_weight(gy, x, gw, g, num_threads)
-        return
-    num_threads = _threads_for(num_threads, g.N * g.groups * g.tiles)
-    cdef bint use_col = not g.pointwise
-    cdef object dtype = np.float32 if floating is float else np.float64
-    cdef Py_ssize_t size = g.O * g.K, tile_size = g.K * g.rows * g.OW
-    cdef floating[:, ::1] scratch = np.empty(
-        (num_threads if use_col else 0, tile_size if use_col else 0), dtype=dtype)
-    cdef floating[:, ::1] partials = np.zeros((num_threads, size), dtype=dtype)
-    cdef const floating *gyp = &gy[0, 0, 0, 0]
-    cdef const floating *xp = &x[0, 0, 0, 0]
-    cdef floating *gwp = &gw[0, 0, 0, 0]
-    cdef floating *colp = &scratch[0, 0] if use_col else NULL
-    cdef floating *partp = &partials[0, 0]
-    cdef Py_ssize_t it, t, e, cols
-    cdef Tile tile
-    cdef const floating *b_mat
-    cdef floating one = 1
-    cdef double acc
-    with nogil:
-        for it in prange(g.N * g.groups * g.tiles, schedule='static',
-                         num_threads=num_threads):
-            tile = _tile(it, &g)
-            cols = (tile.oh1 - tile.oh0) * g.OW
-            b_mat = _tile_columns(xp, colp + threadid() * tile_size, &g, &tile, use_col)
-            gemm(c'N', c'T', g.Og, g.K, cols,
-                 gyp + (tile.n * g.O + tile.grp * g.Og) * g.P + tile.oh0 * g.OW, g.P, b_mat,
-                 cols if use_col else g.P, one,
-                 partp + threadid() * size + tile.grp * g.Og * g.K, g.K)
-        for e in prange(size, schedule='static', num_threads=num_threads):
-            acc = 0
-            for t in range(num_threads):
-                acc = acc + partp[t * size + e]
-            gwp[e] = <floating> acc
+    else:
+        raise ValueError(f"unknown weight-gradient algorithm {algorithm}")
 
 
 def channel_sums(const floating[:, :, :, ::1] gy not None, floating[::1] gb not None,

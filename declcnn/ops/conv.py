@@ -14,11 +14,10 @@ the rule, in PyTorch's wording where PyTorch has one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .._kernels import conv as _kernels
+from .._kernels import conv as _direct
+from .._kernels import conv_gemm as _gemm
 from ..errors import ShapeError
 from ..shapes import conv_output_size, conv_transpose_output_size, dilated_extent, same_padding
 from ..threads import threads_for
@@ -33,24 +32,10 @@ from ._checks import (
     same_dtype,
     sample_shape,
 )
+from .conv_plan import PRIMITIVES, ConvAlgorithms, ConvView, eligible, machine, plan
 
 # Calls with fewer multiply-adds than this run on one thread (``threads_for``).
 _PARALLEL_MIN_MACS = 1 << 18
-
-
-@dataclass(frozen=True)
-class _ConvView:
-    """The plain convolution a call runs: input (N, C, H, W) → output (N, O, OH, OW)."""
-
-    input_shape: tuple[int, int, int, int]
-    output_shape: tuple[int, int, int, int]
-    stride: tuple[int, int]
-    pad_top_left: tuple[int, int]
-    dilation: tuple[int, int]
-    groups: int
-
-    def kernel_args(self) -> tuple[int, ...]:
-        return (*self.stride, *self.pad_top_left, *self.dilation, self.groups)
 
 
 def _groups(groups, op: str) -> int:
@@ -152,7 +137,8 @@ def _conv2d_view(op, x, weight, stride, padding, dilation, groups):
             f"// stride {s} + 1"
             for size, b, e, k, d, s in ((H, pt, pb, kh, dilation[0], stride[0]),
                                         (W, pl, pr, kw, dilation[1], stride[1]))))
-    view = _ConvView((N, C, H, W), (N, O, OH, OW), stride, (pt, pl), dilation, groups)
+    view = ConvView((N, C, H, W), (N, O, OH, OW), (kh, kw), stride, (pt, pl), dilation,
+                    groups)
     return view, x, w
 
 
@@ -195,12 +181,20 @@ def _transpose_view(op, x, weight, stride, padding, output_padding, groups, dila
                                          output_padding[0]),
                                         (W, stride[1], padding[1], dilation[1], kw,
                                          output_padding[1]))))
-    view = _ConvView((N, Og * groups, OH, OW), (N, Cin, H, W), stride, padding, dilation, groups)
+    view = ConvView((N, Og * groups, OH, OW), (N, Cin, H, W), (kh, kw), stride, padding,
+                    dilation, groups)
     return view, x, w
 
 
+# The passes of each op and the primitive of its conv view that runs each: a transposed conv's
+# forward is its view's input gradient and the other way round (Caffe's base convolution).
+_PASSES = {False: dict(zip(PRIMITIVES, PRIMITIVES, strict=True)),
+           True: {"forward": "input_grad", "input_grad": "forward",
+                  "weight_grad": "weight_grad"}}
+
+
 class ConvPlan:
-    """The three conv loops for one checked :class:`_ConvView`, run on trusted arguments.
+    """The three conv primitives for one checked :class:`ConvView`, run on trusted arguments.
 
     The ops below build one per call; a network builds one per layer when its graph is built
     (:meth:`conv2d` / :meth:`conv_transpose2d` check the layer's per-sample input shape then)
@@ -208,36 +202,85 @@ class ConvPlan:
     As for :class:`~declcnn.ops.linear.LinearPlan`, calls trust their arguments: C-contiguous
     arrays of one float dtype, the planned per-sample shapes and any batch size.
 
+    Which algorithm runs each pass is :func:`declcnn.ops.conv_plan.choose`'s decision for the
+    batch of the call (:meth:`algorithms` shows it); ``force`` maps a pass (``forward``,
+    ``input_grad``, ``weight_grad``, named as the op's passes) to an algorithm that
+    :meth:`eligible` lists, for tests and benchmarks.
+
     >>> plan = ConvPlan.conv2d((1, 28, 28), (6, 1, 5, 5), padding=2)
     >>> plan.output_shape
     (6, 28, 28)
+    >>> ConvPlan.conv2d((512, 1, 1), (512, 512, 3, 3), padding=1).chosen(32)["forward"][0]
+    'gemm'
     """
 
-    def __init__(self, view: _ConvView, weight_size: int, transposed: bool):
+    def __init__(self, view: ConvView, weight_size: int, transposed: bool, force=None):
         self.transposed = transposed
+        self.view = view
         self._args = view.kernel_args()
         _, *conv_output = view.output_shape
         self._macs_per_sample = conv_output[1] * conv_output[2] * weight_size
         self.output_shape = tuple(view.input_shape[1:] if transposed else conv_output)
+        self._force = {}
+        for name, algorithm in (force or {}).items():
+            options = self.eligible(name)
+            if algorithm not in options:
+                raise ShapeError(
+                    f"conv plan: the {name} pass cannot run {algorithm!r} for this layer; "
+                    f"the algorithms that can are {', '.join(options)}."
+                )
+            self._force[_PASSES[transposed][name]] = algorithm
+        self._by_batch: dict[int, dict[str, str]] = {}
 
     @classmethod
-    def conv2d(cls, sample, weight_shape, stride=1, padding=0, dilation=1, groups=1):
+    def conv2d(cls, sample, weight_shape, stride=1, padding=0, dilation=1, groups=1, force=None):
         """:func:`conv2d`'s checks for inputs of per-sample shape ``sample`` (C, H, W)."""
         view, _, w = _conv2d_view("conv2d", np.empty(sample_shape(sample, "conv2d"), np.float32),
                                   np.empty(weight_shape, np.float32), stride, padding, dilation,
                                   groups)
-        return cls(view, w.size, transposed=False)
+        return cls(view, w.size, transposed=False, force=force)
 
     @classmethod
     def conv_transpose2d(cls, sample, weight_shape, stride=1, padding=0, output_padding=0,
-                         groups=1, dilation=1):
+                         groups=1, dilation=1, force=None):
         """:func:`conv_transpose2d`'s checks for inputs of per-sample shape ``sample``
         (C, H, W)."""
         op = "conv_transpose2d"
         view, _, w = _transpose_view(op, np.empty(sample_shape(sample, op), np.float32),
                                      np.empty(weight_shape, np.float32), stride, padding,
                                      output_padding, groups, dilation)
-        return cls(view, w.size, transposed=True)
+        return cls(view, w.size, transposed=True, force=force)
+
+    def eligible(self, name: str) -> list[str]:
+        """The algorithms that can run the op's pass ``name``."""
+        if name not in _PASSES[self.transposed]:
+            raise ShapeError(f"conv plan: no pass {name!r}; the passes are "
+                             f"{', '.join(PRIMITIVES)}.")
+        return eligible(self.view, _PASSES[self.transposed][name])
+
+    def algorithms(self, batch: int) -> ConvAlgorithms:
+        """The plan's choice for each primitive of the view at ``batch``, before forcing."""
+        return plan(self.view.with_batch(batch))
+
+    def chosen(self, batch: int) -> dict[str, tuple[str, str]]:
+        """Per pass of the op: (algorithm that runs, why), forced ones included."""
+        choice = self.algorithms(batch)
+        out = {}
+        for name, primitive in _PASSES[self.transposed].items():
+            if primitive in self._force:
+                out[name] = (self._force[primitive], "forced")
+            else:
+                out[name] = (choice[primitive].algorithm, choice[primitive].why)
+        return out
+
+    def _chosen(self, batch: int) -> dict[str, str]:
+        """Per primitive of the view: the algorithm to run (cached per batch)."""
+        known = self._by_batch.get(batch)
+        if known is None:
+            choice = self.algorithms(batch)
+            known = {p: self._force.get(p, choice[p].algorithm) for p in PRIMITIVES}
+            self._by_batch[batch] = known
+        return known
 
     def _threads(self, batch: int) -> int:
         return threads_for(batch * self._macs_per_sample, _PARALLEL_MIN_MACS)
@@ -246,9 +289,13 @@ class ConvPlan:
         """``y = conv(x, weight) + bias`` (``bias`` None: none); every element of y written."""
         if not x.shape[0]:
             return
-        run = _kernels.conv_backward_data if self.transposed else _kernels.conv_forward
-        run(x, weight, no_values(x.dtype) if bias is None else bias, y, *self._args,
-            self._threads(x.shape[0]))
+        batch = x.shape[0]
+        chosen = self._chosen(batch)
+        b = no_values(x.dtype) if bias is None else bias
+        if self.transposed:
+            self._input_grad(chosen["input_grad"], x, weight, b, y, self._threads(batch))
+        else:
+            self._forward(chosen["forward"], self._args, x, weight, b, y, self._threads(batch))
 
     def backward(self, grad_y, x, weight, grad_x, grad_weight, grad_bias) -> None:
         """Overwrite ``grad_x`` (skipped when None), ``grad_weight`` and ``grad_bias`` (skipped
@@ -260,13 +307,49 @@ class ConvPlan:
                 grad_bias.fill(0)
             return
         threads = self._threads(x.shape[0])
+        chosen = self._chosen(x.shape[0])
         view_input, view_grad = (grad_y, x) if self.transposed else (x, grad_y)
         if grad_x is not None:
-            run = _kernels.conv_forward if self.transposed else _kernels.conv_backward_data
-            run(grad_y, weight, no_values(x.dtype), grad_x, *self._args, threads)
-        _kernels.conv_backward_weight(view_grad, view_input, grad_weight, *self._args, threads)
+            none = no_values(x.dtype)
+            if self.transposed:
+                self._forward(chosen["forward"], self._args, grad_y, weight, none, grad_x,
+                              threads)
+            else:
+                self._input_grad(chosen["input_grad"], grad_y, weight, none, grad_x, threads)
+        algorithm = chosen["weight_grad"]
+        if algorithm == "gemm":
+            _gemm.gemm_backward_weight(view_grad, view_input, grad_weight, *self._args, threads,
+                                       machine().tile_floats)
+        else:
+            _direct.conv_backward_weight(view_grad, view_input, grad_weight, *self._args,
+                                         threads, _direct.BACKWARD_WEIGHT[algorithm])
         if grad_bias is not None:
-            _kernels.channel_sums(grad_y, grad_bias, threads)
+            _direct.channel_sums(grad_y, grad_bias, threads)
+
+    @staticmethod
+    def _forward(algorithm, args, x, weight, bias, y, threads) -> None:
+        if algorithm == "gemm":
+            _gemm.gemm_forward(x, weight, bias, y, *args, threads, machine().tile_floats)
+        else:
+            _direct.conv_forward(x, weight, bias, y, *args, threads, _direct.FORWARD[algorithm])
+
+    def _input_grad(self, algorithm, gy, weight, initial, gx, threads) -> None:
+        """gx = initial + the view's adjoint of gy."""
+        if algorithm == "gemm":
+            _gemm.gemm_backward_data(gy, weight, initial, gx, *self._args, threads,
+                                     machine().tile_floats)
+        elif algorithm.startswith("flipped:"):
+            flipped = self.view.flipped()
+            groups = self.view.groups
+            O, Cg, kh, kw = weight.shape
+            w = np.ascontiguousarray(
+                weight.reshape(groups, O // groups, Cg, kh, kw)[:, :, :, ::-1, ::-1]
+                .transpose(0, 2, 1, 3, 4).reshape(Cg * groups, O // groups, kh, kw))
+            self._forward(algorithm.removeprefix("flipped:"), flipped.kernel_args(), gy, w,
+                          initial, gx, threads)
+        else:
+            _direct.conv_backward_data(gy, weight, initial, gx, *self._args, threads,
+                                       _direct.BACKWARD_DATA[algorithm])
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, out=None):
@@ -357,7 +440,7 @@ def conv_transpose2d_backward(grad_y, x, weight, stride=1, padding=0, output_pad
     return _backward(gy, x, w, view, needs_input_grad, has_bias, transposed=True)
 
 
-def _backward(gy, x, w, view: _ConvView, needs_input_grad: bool, has_bias: bool,
+def _backward(gy, x, w, view: ConvView, needs_input_grad: bool, has_bias: bool,
               transposed: bool):
     """The three gradients, in new arrays."""
     gx = np.empty(x.shape, dtype=x.dtype) if needs_input_grad else None
