@@ -117,7 +117,7 @@ def test_cli_table_has_a_row_per_layer_and_totals():
     lines = result.output.splitlines()
     assert lines[0].startswith("lenet: input 1×28×28, batch 2, 1 thread; median of 1 runs")
     assert lines[1].split() == ["layer", "type", "output", "forward", "ms", "backward", "ms",
-                                "share"]
+                                "share", "algorithms", "(fwd", "/", "dx", "/", "dw)"]
     nodes = load_graph(SPECS / "lenet.toml").nodes
     for line, node in zip(lines[2:], nodes, strict=False):
         name, type_, output, *_ = line.split()
@@ -127,6 +127,13 @@ def test_cli_table_has_a_row_per_layer_and_totals():
     assert lines[3 + len(nodes)].startswith("whole forward:")
     assert lines[4 + len(nodes)].startswith("whole forward + backward:")
     assert "images/s" in lines[4 + len(nodes)]
+    # every conv layer names its three algorithms in the table and says why below it
+    conv2 = next(line for line in lines if line.startswith("conv2 "))
+    assert conv2.split()[-5:-3] and conv2.count(" / ") == 2
+    why = lines.index("why (the conv plan, declcnn/ops/conv_plan.py):")
+    assert [line.split(":")[0].strip() for line in lines[why + 1:]] == [
+        f"{conv} {label}" for conv in ("conv1", "conv2")
+        for label in ("forward", "input gradient", "weight gradient")]
 
 
 def test_cli_json_with_another_input_size(tmp_path):
@@ -140,6 +147,8 @@ def test_cli_json_with_another_input_size(tmp_path):
                                                               "fc"]
     assert report["layers"][1]["output_shape"] == [3, 3, 6, 8]
     assert report["layers"][0]["backward_ms"] is None
+    assert report["layers"][0]["algorithms"] == {}
+    assert set(report["layers"][1]["algorithms"]) == {"forward", "input_grad", "weight_grad"}
     assert {"forward_ms", "forward_backward_ms", "images_per_second",
             "forward_images_per_second", "threads", "repeats", "warmup"} <= report.keys()
 

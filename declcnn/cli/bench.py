@@ -16,19 +16,41 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+_PASS_NAMES = {"forward": "forward", "input_grad": "input gradient",
+               "weight_grad": "weight gradient"}
+
+
+def _algorithms(layer) -> str:
+    """forward / input gradient / weight gradient algorithms of a conv layer, or ''."""
+    return " / ".join(layer.algorithms[p][0] for p in _PASS_NAMES) if layer.algorithms else ""
+
+
 def _table(profile) -> str:
-    header = ("layer", "type", "output", "forward ms", "backward ms", "share")
+    header = ("layer", "type", "output", "forward ms", "backward ms", "share",
+              "algorithms (fwd / dx / dw)")
     rows = [header]
     for layer in profile.layers:
         rows.append((layer.name, layer.type, "×".join(map(str, layer.output_shape)),
-                     _ms(layer.forward_ms), _ms(layer.backward_ms), f"{layer.share:.1%}"))
+                     _ms(layer.forward_ms), _ms(layer.backward_ms), f"{layer.share:.1%}",
+                     _algorithms(layer)))
     rows.append(("sum of layers", "", "", _ms(sum(r.forward_ms for r in profile.layers)),
-                 _ms(sum(r.backward_ms or 0.0 for r in profile.layers)), "100.0%"))
+                 _ms(sum(r.backward_ms or 0.0 for r in profile.layers)), "100.0%", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
+    lines = ["  ".join(cell.ljust(width) if i < 3 or i == 6 else cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def _reasons(profile) -> str:
+    """Why the conv plan chose each conv layer's algorithms."""
+    lines = []
+    for layer in profile.layers:
+        for name, label in _PASS_NAMES.items():
+            if name in layer.algorithms:
+                algorithm, why = layer.algorithms[name]
+                lines.append(f"  {layer.name} {label}: {algorithm} ({why})")
+    return "\n".join(["why (the conv plan, declcnn/ops/conv_plan.py):", *lines]) if lines else ""
 
 
 @main.command()
@@ -50,7 +72,8 @@ def _table(profile) -> str:
 def bench(spec, batch_size, threads, repeats, warmup, input_size, seed, as_json):
     """Time every layer of SPEC forward and backward on a random batch, in training mode with
     training's backward (the input gets no gradient): per layer its type, output shape, median
-    forward and backward ms and share of the time; then whole passes and images/s."""
+    forward and backward ms and share of the time, and for conv layers the algorithm of each
+    pass (why: below the table); then whole passes and images/s."""
     from ..graph import load_graph
     from ..runtime import Network
     from ..runtime.profile import profile_network
@@ -81,3 +104,6 @@ def bench(spec, batch_size, threads, repeats, warmup, input_size, seed, as_json)
     click.echo("share: a layer's forward + backward over the sum of all layers'; backward '-':\n"
                "no gradient passes through the layer.  Whole passes run without the per-layer\n"
                "clock and include the work between layers.")
+    reasons = _reasons(profile)
+    if reasons:
+        click.echo(reasons)

@@ -133,6 +133,12 @@ class Network:
         """The layer table of ``graph/summary.py``: shapes, parameters, multiply-adds."""
         return format_summary(self.graph, batch_size)
 
+    def algorithms(self, batch_size: int = 1) -> dict[str, dict[str, tuple[str, str]]]:
+        """Per conv and transposed-conv layer, the algorithm of each pass (forward, input_grad,
+        weight_grad) at ``batch_size`` and why: the choices of ``declcnn/ops/conv_plan.py``."""
+        return {impl.node.name: impl.algorithms(batch_size) for impl in self._nodes
+                if hasattr(impl, "algorithms")}
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of every parameter and buffer, by name, in node order."""
         state = {name: value.copy() for name, value in self.params.items()}

@@ -166,6 +166,10 @@ class _Conv(_WeightedNode):
         self.add_weight_grads(grad_w, grad_b)
         return [grad_x]
 
+    def algorithms(self, batch: int) -> dict[str, tuple[str, str]]:
+        """Per pass, the algorithm the conv plan runs at ``batch`` and why."""
+        return self.plan.chosen(batch)
+
 
 @register("conv2d")
 class Conv2d(_Conv):

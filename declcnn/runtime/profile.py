@@ -8,7 +8,9 @@ gets no gradient), and returns a :class:`Profile`:
   timed alone through the ``around`` hook of :meth:`Network.forward` and
   :meth:`Network.backward`;
 * the median of whole forward passes and of whole forward + backward passes, run without the
-  hook, so they include what lies between the nodes (input checks, freeing activations).
+  hook, so they include what lies between the nodes (input checks, freeing activations);
+* per conv and transposed-conv node, the algorithm the conv plan ran for each pass at this
+  batch and why (``declcnn/ops/conv_plan.py``).
 
 Within a repeat the three kinds of run take turns, so load from other processes falls on all of
 them alike.  The gradients are zeroed, untimed, before every backward, as a training step does.
@@ -32,7 +34,9 @@ from .network import Network
 @dataclass(frozen=True)
 class LayerTime:
     """One node's line: ``backward_ms`` is None when no gradient passes through the node (it
-    lies before every parameter), ``share`` its part of the sum of all nodes' times."""
+    lies before every parameter), ``share`` its part of the sum of all nodes' times;
+    ``algorithms`` maps each pass of a conv node (forward, input_grad, weight_grad) to the
+    algorithm that ran and why (empty for other nodes)."""
 
     name: str
     type: str
@@ -40,6 +44,7 @@ class LayerTime:
     forward_ms: float
     backward_ms: float | None
     share: float
+    algorithms: dict[str, tuple[str, str]]
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,9 @@ def profile_network(network: Network, batch_size: int = 64, repeats: int = 10,
     medians = [(node, median_ms(forward_times[node.name]), median_ms(backward_times[node.name]))
                for node in graph.nodes]
     total = sum(f + (b or 0.0) for _, f, b in medians) or 1.0
+    plans = network.algorithms(batch_size)
     layers = [LayerTime(node.name, node.type, (batch_size, *node.output_shape), f, b,
-                        (f + (b or 0.0)) / total) for node, f, b in medians]
+                        (f + (b or 0.0)) / total, plans.get(node.name, {}))
+              for node, f, b in medians]
     return Profile(graph.name, tuple(graph.input_shape), batch_size, get_num_threads(), repeats,
                    warmup, layers, median_ms(whole_forward), median_ms(whole_step))
