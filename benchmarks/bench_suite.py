@@ -25,7 +25,7 @@ import declcnn
 from declcnn.ops import conv as conv_ops
 from declcnn.shapes import conv_output_size
 
-DEFAULT_SUITE = Path(__file__).resolve().parents[1].parent / "shared" / "bench" / "conv_suite.json"
+DEFAULT_SUITE = Path(__file__).resolve().parent / "cases" / "conv_suite.json"
 
 try:
     import torch
@@ -198,7 +198,7 @@ def run_table(cases, threads: int, repeats: int, warmup: int) -> list[str]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=DEFAULT_SUITE,
-                        help="the suite JSON (default: ../shared/bench/conv_suite.json)")
+                        help="the suite JSON (default: benchmarks/cases/conv_suite.json)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
