@@ -115,11 +115,18 @@ def _symmetric(padding) -> list[int]:
 
 # -- convolutions ----------------------------------------------------------------------------
 
+def _weight_and_bias(m: _Model, node: Node, prefix: str = "") -> list[str]:
+    """The initializers ``PREFIXweight`` and, when the layer has one, ``PREFIXbias``."""
+    names = [m.weight(node, f"{prefix}weight")]
+    if node.config["bias"]:
+        names.append(m.weight(node, f"{prefix}bias"))
+    return names
+
+
 @exports("conv2d")
 def _conv2d(m: _Model, node: Node, inputs: list[str]) -> str:
     c = node.config
-    weights = [m.weight(node, "weight")] + ([m.weight(node, "bias")] if c["bias"] else [])
-    return m.op("Conv", inputs + weights, node.name, node.output_shape,
+    return m.op("Conv", inputs + _weight_and_bias(m, node), node.name, node.output_shape,
                 kernel_shape=list(c["kernel"]), strides=list(c["stride"]),
                 pads=_pads(c["padding"]), dilations=list(c["dilation"]), group=c["groups"])
 
@@ -127,8 +134,7 @@ def _conv2d(m: _Model, node: Node, inputs: list[str]) -> str:
 @exports("conv_transpose2d")
 def _conv_transpose2d(m: _Model, node: Node, inputs: list[str]) -> str:
     c = node.config
-    weights = [m.weight(node, "weight")] + ([m.weight(node, "bias")] if c["bias"] else [])
-    return m.op("ConvTranspose", inputs + weights, node.name, node.output_shape,
+    return m.op("ConvTranspose", inputs + _weight_and_bias(m, node), node.name, node.output_shape,
                 kernel_shape=list(c["kernel"]), strides=list(c["stride"]),
                 pads=_symmetric(c["padding"]), output_padding=list(c["output_padding"]),
                 dilations=list(c["dilation"]), group=c["groups"])
@@ -142,10 +148,8 @@ def _rcl(m: _Model, node: Node, inputs: list[str]) -> str:
     same = [same_padding(k, 1) for k in c["kernel"]]
     conv = dict(kernel_shape=list(c["kernel"]), strides=[1, 1], pads=_pads(same),
                 dilations=[1, 1], group=1)
-    feedforward = [m.weight(node, "feedforward.weight")]
-    if c["bias"]:
-        feedforward.append(m.weight(node, "feedforward.bias"))
-    f = m.op("Conv", inputs + feedforward, f"{node.name}/feedforward", shape, **conv)
+    f = m.op("Conv", inputs + _weight_and_bias(m, node, "feedforward."),
+             f"{node.name}/feedforward", shape, **conv)
     steps = c["steps"]  # ≥ 1
     state = m.op("Relu", [f], f"{node.name}/state0", shape)
     recurrent = m.weight(node, "recurrent.weight")
@@ -329,10 +333,7 @@ def _flatten(m: _Model, node: Node, inputs: list[str]) -> str:
 
 @exports("linear")
 def _linear(m: _Model, node: Node, inputs: list[str]) -> str:
-    weights = [m.weight(node, "weight")]
-    if node.config["bias"]:
-        weights.append(m.weight(node, "bias"))
-    return m.op("Gemm", inputs + weights, node.name, node.output_shape, transB=1)
+    return m.op("Gemm", inputs + _weight_and_bias(m, node), node.name, node.output_shape, transB=1)
 
 
 # -- element-wise ----------------------------------------------------------------------------
