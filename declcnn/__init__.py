@@ -2,8 +2,9 @@
 
 ``declcnn.load("specs/lenet.toml")`` gives a runnable ``Network``; ``declcnn.Trainer``
 (``declcnn.train.train`` as one call), ``evaluate`` and ``predict`` are the CLI's jobs from
-Python; ``declcnn.receptive_field`` answers ``declcnn rf``; ``declcnn.functional`` holds
-every op.  The parts that need the compiled
+Python; ``declcnn.receptive_field`` answers ``declcnn rf``; ``declcnn.export_onnx``,
+``export_safetensors`` and ``import_weights`` are ``declcnn export`` and ``import-weights``;
+``declcnn.functional`` holds every op.  The parts that need the compiled
 kernels are imported on first use, so ``import declcnn`` and checking a spec stay light.
 """
 
@@ -32,6 +33,8 @@ _LAZY = {
     "Network": "runtime", "load": "runtime", "loads": "runtime",
     "Trainer": "train", "TrainingInterrupted": "train", "evaluate": "train", "predict": "train",
     "receptive_field": "graph.receptive_field",
+    "export_onnx": "interchange", "export_safetensors": "interchange",
+    "import_weights": "interchange",
 }
 
 

@@ -10,4 +10,4 @@ def main():
 
 
 # Each module registers its commands on ``main``.
-from . import bench, check, info, rf, train  # noqa: E402,F401
+from . import bench, check, export, info, rf, train  # noqa: E402,F401
