@@ -20,17 +20,24 @@ import math
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, DeclcnnError, TrainingError
+from ..errors import DataError, DeclcnnError, DeclcnnWarning, TrainingError
 from ..graph import load_graph
 from ..ops.activation import softmax
 from ..runtime import Network
 from ..threads import get_num_threads, set_num_threads
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    checkpoint_budget,
+    load_checkpoint,
+    save_checkpoint,
+    stored_settings,
+)
 from .data import Normalizer, batches, epoch_order, steps_per_epoch, training_batch
 from .datasets import Dataset, load_dataset, read_image
 from .losses import compute_loss
@@ -189,7 +196,7 @@ class Trainer:
             "running": running, "best": best, "threads": get_num_threads(),
             "dropout_rng": self.network.dropout_rng.bit_generator.state,
             "classes": list(self.train_data.classes), "spec_name": self.graph.name,
-            "segmentation": self.train_data.segmentation,
+            "segmentation": self.train_data.segmentation, "overrides": sorted(self.overrides),
         }
         state = self.network.state_dict()
         params = {k: state[k] for k in self.network.params}
@@ -207,9 +214,12 @@ class Trainer:
         checkpoint = None
         if resume:
             path = self.last_path if resume is True else Path(resume)
-            checkpoint = load_checkpoint(path)
-            self.settings = {**self.graph.training, **checkpoint.meta.get("settings", {}),
-                             **self.overrides}
+            checkpoint = load_checkpoint(path, checkpoint_budget(self.graph))
+            checkpoint.check_resumable()
+            self.settings, notes = stored_settings(checkpoint, self.graph.training,
+                                                   self.overrides)
+            for note in notes:
+                self.log(f"note: {note}")
         settings = self.settings
         self.train_data, self.test_data = load_dataset(
             settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"])
@@ -333,7 +343,7 @@ def train(spec, resume=None, **options) -> dict:
 def _network_from(spec, weights) -> tuple[Network, Checkpoint]:
     source, _ = _spec_source(spec)
     network = Network(load_graph(source))
-    checkpoint = load_checkpoint(weights)
+    checkpoint = load_checkpoint(weights, checkpoint_budget(network.graph))
     checkpoint.restore(network)
     network.eval()
     return network, checkpoint
@@ -344,7 +354,9 @@ def evaluate(spec, weights, data_dir=None, batch_size: int = 256) -> dict:
     accuracy, per-class accuracy, confusion matrix, loss; pixel accuracy and (mean) IoU for
     segmentation."""
     network, checkpoint = _network_from(spec, weights)
-    settings = {**network.graph.training, **checkpoint.meta.get("settings", {})}
+    settings, notes = stored_settings(checkpoint, network.graph.training, {})
+    for note in notes:
+        warnings.warn(DeclcnnWarning(note), stacklevel=2)
     _, test = load_dataset(settings["dataset"], network.graph.input_shape, data_dir,
                            settings["seed"])
     check_fit(network, test)
