@@ -39,7 +39,7 @@ from .checkpoint import (
     stored_settings,
 )
 from .data import Normalizer, batches, epoch_order, steps_per_epoch, training_batch
-from .datasets import Dataset, load_dataset, read_image
+from .datasets import Dataset, load_dataset, read_input
 from .losses import compute_loss
 from .metrics import confusion_matrix, correct_predictions, summarise
 from .optimizers import make_optimizer
@@ -366,24 +366,6 @@ def evaluate(spec, weights, data_dir=None, batch_size: int = 256) -> dict:
     return result
 
 
-def _read_input(path: Path, input_shape) -> np.ndarray:
-    """An image file or ``.npy`` as one sample of the network's input shape."""
-    if path.suffix.lower() != ".npy":
-        return read_image(path, input_shape)
-    try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable .npy file ({err}).") from None
-    stored = array.shape
-    if array.ndim == len(input_shape) - 1 and input_shape[0] == 1:
-        array = array[None]  # a grey image without its channel axis
-    if tuple(array.shape) != tuple(input_shape):
-        raise DataError(f"{path}: the array has shape {stored} but the network takes "
-                        f"{tuple(input_shape)}; save it in that shape (an image file would be "
-                        f"resized instead).")
-    return array if array.dtype == np.uint8 else array.astype(np.float32)
-
-
 def _save_mask(mask: np.ndarray, path: Path) -> None:
     """A class-index mask as a palette PNG: pixel values are the classes, shown in colour."""
     from PIL import Image
@@ -406,7 +388,7 @@ def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
     classes = checkpoint.meta.get("classes") or []
     paths = [Path(p) for p in inputs]
     # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
-    batch = np.concatenate([normalizer(_read_input(p, network.graph.input_shape)[None])
+    batch = np.concatenate([normalizer(read_input(p, network.graph.input_shape)[None])
                             for p in paths])
     probabilities = softmax(network.forward(batch), axis=1)
 
@@ -423,9 +405,14 @@ def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
         else:
             mask = p.argmax(axis=0)
             folder = Path(out) if out else path.parent
-            folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{path.stem}_mask.png"
-            _save_mask(mask, target)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                _save_mask(mask, target)
+            except OSError as err:
+                raise DataError(f"{folder}: cannot write the mask {target.name} there "
+                                f"({err.strerror or err}); choose another --out folder, or check "
+                                f"its permissions and free space.") from None
             present = np.bincount(mask.ravel(), minlength=len(p)) / mask.size
             results.append({"input": str(path), "mask": str(target), "classes": {
                 name(i): float(f) for i, f in enumerate(present) if f > 0}})
