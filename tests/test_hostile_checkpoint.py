@@ -224,3 +224,26 @@ def test_a_normaliser_for_other_channels_is_refused(tmp_path, rng):
     with pytest.raises(CheckpointError, match=r"the normaliser's data/mean has shape \(3,\) but "
                                               r"the network's input has 1 channel\(s\)"):
         load_checkpoint(path).restore(Network(load_graph(SPEC)))
+
+
+def test_a_stale_best_is_rewritten_from_an_improving_last(tmp_path, rng):
+    from declcnn.train.checkpoint import repair_best
+
+    def state(epoch, best, images=0):
+        return _checkpoint(rng, epoch=epoch, best=best, history=[
+            {"epoch": e, "val_accuracy": (4 + e) / 10} for e in range(1, epoch + 1)],
+            running={"loss": 0.0, "correct": 0, "counted": 0, "images": images})
+
+    save_checkpoint(tmp_path / "best.npz", state(1, 0.5))
+    save_checkpoint(tmp_path / "last.npz", state(2, 0.6))  # killed before best.npz was written
+    note = repair_best(tmp_path)
+    assert note == (f"{tmp_path / 'best.npz'} was older than the best epoch (2) recorded in "
+                    f"{tmp_path / 'last.npz'} (a write was interrupted); it is rewritten from "
+                    f"last.npz.")
+    assert load_checkpoint(tmp_path / "best.npz").meta["epoch"] == 2
+    assert repair_best(tmp_path) is None
+    # Mid-epoch, last.npz is no longer the best state: nothing is touched.
+    save_checkpoint(tmp_path / "best.npz", state(1, 0.5))
+    save_checkpoint(tmp_path / "last.npz", state(2, 0.6, images=32))
+    assert repair_best(tmp_path) is None
+    assert load_checkpoint(tmp_path / "best.npz").meta["epoch"] == 1

@@ -149,6 +149,92 @@ def write_atomic(path, arrays: dict[str, np.ndarray]) -> None:
         os.close(folder)
 
 
+class RunFolderLock:
+    """An exclusive lock on a run folder for one trainer (``with RunFolderLock(folder):``).
+
+    Two trainers writing into one folder interleave ``metrics.jsonl`` and overwrite each other's
+    checkpoints; the second one is refused, naming the process that holds the lock.  The lock
+    is ``flock`` on ``.lock`` in the folder, so it goes when its process dies (kill -9 too).
+    While it is held, temporary files left by interrupted writes are removed.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.handle = None
+        self.removed: list[str] = []
+
+    def __enter__(self) -> RunFolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise CheckpointError(f"{self.folder}: another trainer is writing into this run "
+                                  f"folder ({holder}); wait for it to finish or stop it, or "
+                                  f"give this run another --out.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self.handle = handle
+        self.removed = remove_temporaries(self.folder)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()  # closing releases the flock
+
+
+LOCK_NAME = ".lock"
+
+
+def remove_temporaries(folder) -> list[str]:
+    """Delete what :func:`write_atomic` leaves when it is killed mid-write (``.NAME.*.tmp``);
+    only safe while no other writer uses ``folder`` (under :class:`RunFolderLock`)."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return sorted(removed)
+
+
+def repair_best(folder) -> str | None:
+    """Rewrite a stale ``best.npz`` from ``last.npz``; return a note when one was repaired.
+
+    An improving epoch writes the same state to ``last.npz`` and then ``best.npz``; a kill
+    between the two leaves a best.npz of an earlier epoch.  While ``last.npz`` is still that
+    epoch's end (no step after it), it is the best state and is copied over.
+    """
+    folder = Path(folder)
+    last_path, best_path = folder / "last.npz", folder / "best.npz"
+    if not last_path.is_file():
+        return None
+    last = load_checkpoint(last_path)
+    meta = last.meta
+    score = meta.get("best")
+    at_epoch_end = (meta.get("running", {}).get("images") == 0 and meta.get("history")
+                    and meta["history"][-1].get("epoch") == meta.get("epoch"))
+    if score is None or not at_epoch_end:
+        return None
+    record = meta["history"][-1]
+    if record.get("val_mean_iou", record.get("val_accuracy")) != score:
+        return None  # the last epoch did not improve: best.npz is an older epoch, rightly
+    if best_path.is_file():
+        try:
+            if load_checkpoint(best_path).meta.get("epoch") == meta["epoch"]:
+                return None
+        except CheckpointError:
+            pass  # a corrupt best.npz is replaced too
+    write_atomic(best_path, last.arrays())
+    return (f"{best_path} was older than the best epoch ({meta['epoch']}) recorded in "
+            f"{last_path} (a write was interrupted); it is rewritten from {last_path.name}.")
+
+
 def save_checkpoint(path, checkpoint: Checkpoint) -> None:
     write_atomic(path, checkpoint.arrays())
 

@@ -129,6 +129,12 @@ def _score(result: dict) -> float:
     return result.get("mean_iou", result["accuracy"])
 
 
+def _json_ready(record: dict) -> dict:
+    """``record`` with NaN and infinities as null: JSON has no such numbers."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}
+
+
 @contextmanager
 def _stop_on_sigint():
     """While training, the first Ctrl-C asks for a clean stop after the current step; a second
@@ -225,6 +231,9 @@ class Trainer:
             settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"])
         for note in self.train_data.notes:
             self.log(f"note: {note}")
+        if settings["batch_size"] > len(self.train_data):
+            self.log(f"note: batch_size {settings['batch_size']} is larger than the "
+                     f"{len(self.train_data)} training samples; each epoch is one batch of them.")
         self.log(f"data: {self.train_data.description}; {self.test_data.description}")
         self.network = Network(self.graph, seed=settings["seed"])
         check_fit(self.network, self.train_data)
@@ -296,8 +305,10 @@ class Trainer:
                       "seconds": time.perf_counter() - started}
             if "mean_iou" in val:
                 record["val_mean_iou"] = val["mean_iou"]
-            self.history.append(record)
-            improved = best is None or _score(val) > best
+            self.history.append(_json_ready(record))
+            # A diverged epoch (NaN or infinite loss or score) is never the best one.
+            finite = math.isfinite(val["loss"]) and math.isfinite(_score(val))
+            improved = finite and (best is None or _score(val) > best)
             best = _score(val) if improved else best
             running = {"loss": 0.0, "correct": 0, "counted": 0, "images": 0}
             checkpoint = self._checkpoint(e + 1, step, running, best)
@@ -305,7 +316,7 @@ class Trainer:
             if improved:
                 save_checkpoint(self.best_path, checkpoint)
             with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(self.history[-1]) + "\n")
             iou = f" mean IoU {record['val_mean_iou']:.4f}" if "val_mean_iou" in record else ""
             self.log(f"epoch {e + 1}/{epochs}: train loss {record['train_loss']:.4f} acc "
                      f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
