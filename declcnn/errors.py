@@ -26,6 +26,11 @@ class CheckpointError(DeclcnnError):
     """A checkpoint is corrupt, truncated, foreign, or does not fit the spec."""
 
 
+class DeclcnnWarning(UserWarning):
+    """Something is probably not what the user meant, but work can go on (the CLI prints it
+    as one ``warning:`` paragraph)."""
+
+
 class TrainingError(DeclcnnError):
     """Training had to stop (a NaN or infinite loss, say)."""
 

@@ -11,6 +11,7 @@ import os
 from .errors import DeclcnnError
 
 _num_threads: int | None = None
+THREAD_CAP = 1024
 
 
 def available_cores() -> int:
@@ -30,7 +31,24 @@ def _parse(value, origin: str) -> int:
             f"{origin}: the thread count must be a whole number ≥ 1; got {value!r}. "
             f"Use e.g. 1 or {available_cores()} (the cores available here)."
         )
+    if n > max_threads():
+        raise DeclcnnError(
+            f"{origin}: {n} threads is more than the {max_threads()} allowed here (4 × the "
+            f"{available_cores()} cores available, at least 64, at most {THREAD_CAP}): more "
+            f"threads than cores only slow the kernels, and OpenMP fails beyond a few thousand. "
+            f"Use e.g. {available_cores()}."
+        )
     return n
+
+
+def check_thread_count(value, origin: str) -> int:
+    """``value`` as a thread count, or a DeclcnnError naming ``origin`` (``--threads``...)."""
+    return _parse(value, origin)
+
+
+def max_threads() -> int:
+    """The most threads a kernel may be given: 4 × the cores, at least 64, at most 1024."""
+    return min(THREAD_CAP, max(4 * available_cores(), 64))
 
 
 def set_num_threads(n: int | None) -> None:

@@ -465,7 +465,7 @@ def test_value_out_of_range(line, message):
     ('type = "leaky_relu"\nnegative_slope = true', "negative_slope",
      "must be a number; got true (a boolean)."),
     ('type = "rcl"\nout_channels = 4\nkernel = 3\nsteps = 0', "steps",
-     "must be an integer ≥ 1; got 0."),
+     "must be an integer ≥ 1 and ≤ 1000; got 0."),
 ])
 def test_value_range_of_other_layer_types(layer, key, message):
     text = spec(f'[[layers]]\nname = "x"\n{layer}\n')

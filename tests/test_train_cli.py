@@ -85,7 +85,7 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, uninterrupted):
     step = load_checkpoint(tmp_path / "run" / "last.npz").meta["step"]
     assert stderr.strip() == (f"interrupted after step {step}; the run is saved in "
                               f"run/last.npz. Resume with: declcnn train {spec} --resume "
-                              f"run/last.npz --out run")
+                              f"run/last.npz --out run --threads 1")
     resumed = subprocess.run([*CLI, "train", str(spec), "--out", "run", "--threads", "1",
                               "--resume", "run/last.npz"], cwd=tmp_path, capture_output=True,
                              text=True)

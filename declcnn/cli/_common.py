@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 
 import click
 
-from ..errors import DeclcnnError
+from ..errors import DeclcnnError, DeclcnnWarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, DeclcnnWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _default_show(message, category, filename, lineno, file, line)
+
+
+_default_show = warnings.showwarning
 
 
 def user_errors(func):
@@ -16,7 +27,10 @@ def user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", DeclcnnWarning)
+                warnings.showwarning = _show_warning
+                return func(*args, **kwargs)
         except DeclcnnError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(1)

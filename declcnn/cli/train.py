@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ..errors import DeclcnnError
 from . import main
 from ._common import user_errors
 
@@ -35,28 +36,68 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, resume,
                   checkpoint_every, quiet):
     """Train the network of SPEC on the data set its [training] table names."""
+    from ..threads import check_thread_count, get_num_threads
     from ..train import Trainer, TrainingInterrupted
+    from ..train.checkpoint import RunFolderLock, repair_best
 
+    _check_overrides(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    if threads is not None:
+        check_thread_count(threads, "--threads")
     trainer = Trainer(spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       threads=threads, data_dir=data_dir, out=out,
                       checkpoint_every=checkpoint_every, verbose=not quiet)
     try:
-        result = trainer.fit(resume=True if resume == "" else resume)
+        with RunFolderLock(trainer.run_dir) as lock:
+            if lock.removed and not quiet:
+                click.echo(f"note: removed {len(lock.removed)} temporary file(s) left in "
+                           f"{trainer.run_dir} by an interrupted write.")
+            repaired = repair_best(trainer.run_dir) if resume is not None else None
+            if repaired and not quiet:
+                click.echo(f"note: {repaired}")
+            result = trainer.fit(resume=True if resume == "" else resume)
+    except OSError as err:
+        raise DeclcnnError(f"{trainer.run_dir}: cannot write the run folder "
+                           f"({err.strerror or err}{_which(err)}); choose another --out, or "
+                           f"check its permissions and free space.") from None
     except TrainingInterrupted as stop:
         again = ["declcnn", "train", spec, "--resume", str(stop.checkpoint)]
         if out:
             again += ["--out", out]
         if data_dir:
             again += ["--data", data_dir]
+        # The bits of a run depend on its thread count: resume with the same one.
+        again += ["--threads", str(threads or get_num_threads())]
         click.echo(f"interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
                    f"Resume with: {shlex.join(again)}", err=True)
         sys.exit(INTERRUPTED_EXIT)
     last = result["history"][-1] if result["history"] else {}
     score = ("val_mean_iou", "mean IoU") if "val_mean_iou" in last else ("val_accuracy",
                                                                          "accuracy")
-    if last:
-        click.echo(f"done: {last['epoch']} epochs; validation {score[1]} {last[score[0]]:.4f} "
+    if last and result["best"] is None:
+        click.echo(f"done: {last['epoch']} epochs, but no epoch gave a finite validation result, "
+                   f"so no best.npz was written; lower the learning rate or add warm-up. The "
+                   f"last state is in {result['last']}.")
+    elif last:
+        shown = "nan" if last[score[0]] is None else f"{last[score[0]]:.4f}"
+        click.echo(f"done: {last['epoch']} epochs; validation {score[1]} {shown} "
                    f"(best {result['best']:.4f}); weights in {result['best_path']}")
+
+
+def _check_overrides(**given) -> None:
+    """The command line's settings obey the rules of the [training] keys they replace."""
+    from ..spec.training import check_training
+
+    problems = []
+    values = {k: v for k, v in given.items() if v is not None}
+    check_training(values, None, lambda message, key: problems.append((key, message)))
+    if problems:
+        key, message = problems[0]
+        raise DeclcnnError(f"--{key.replace('_', '-')}: {message} It replaces [training] {key}, "
+                           f"so the same rule applies.")
+
+
+def _which(err: OSError) -> str:
+    return f": {err.filename}" if err.filename else ""
 
 
 def _matrix_text(matrix, classes) -> str:

@@ -158,6 +158,7 @@ class _Builder:
         """Refuse a network whose float32 parameters and batch-1 activations exceed memory."""
         values = sum(shapes.flat_size(s) for n in made
                      for s in [*n.params.values(), *n.buffers.values(), n.output_shape])
+        values += sum(LAYER_TYPES[n.type].kept_values(n.config, n.output_shape) for n in made)
         own = BYTES_PER_VALUE * values
         self.memory += own
         if self.memory > self.memory_limit and not self.memory_reported:

@@ -63,12 +63,14 @@ class Value:
 class Integer(Value):
     expected_kinds = ("integer",)
 
-    def __init__(self, minimum: int):
-        self.minimum = minimum
-        self.description = f"an integer ≥ {minimum}"
+    def __init__(self, minimum: int, maximum: int | None = None):
+        self.minimum, self.maximum = minimum, maximum
+        self.description = f"an integer ≥ {minimum}" + (
+            f" and ≤ {maximum}" if maximum is not None else "")
 
     def parse(self, value):
-        if not is_int(value) or value < self.minimum:
+        if not is_int(value) or value < self.minimum or (
+                self.maximum is not None and value > self.maximum):
             raise ValueError
         return value
 
@@ -342,6 +344,10 @@ class LayerType:
         """Multiply-adds with weights per sample (0 for layers without weights)."""
         return 0
 
+    def kept_values(self, config: dict[str, Any], shape_out: Shape) -> int:
+        """Values per sample the layer keeps beyond its output (states for its backward)."""
+        return 0
+
 
 def infer_shape(type_name: str, *shapes_in: Shape, **keys) -> Shape:
     """Output shape of one layer of ``type_name`` on ``shapes_in`` (the last part's, for a
@@ -568,6 +574,10 @@ class ConvTranspose2d(LayerType):
         return shapes.flat_size(shapes_in[0]) * per_input
 
 
+MAX_RCL_STEPS = 1000
+"""Unrolled steps of an ``rcl`` (Liang & Hu use 3); each keeps a state for the backward."""
+
+
 @register
 class RCL(LayerType):
     """Recurrent convolutional layer (Liang & Hu 2015): ``s_0 = relu(ff(u))``,
@@ -583,7 +593,7 @@ class RCL(LayerType):
     name = "rcl"
     keys = (Key("out_channels", _COUNT, example="out_channels = 96"),
             Key("kernel", _PAIR1, example="kernel = 3"),
-            Key("steps", _COUNT, 3)) + _weights_keys()
+            Key("steps", Integer(1, MAX_RCL_STEPS), 3)) + _weights_keys()
 
     def configure(self, values, shapes_in, names_in):
         return {"in_channels": _image(self.name, shapes_in[0])[0], **values}
@@ -606,6 +616,10 @@ class RCL(LayerType):
         o, i = config["out_channels"], config["in_channels"]
         taps = math.prod(config["kernel"])
         return shapes.flat_size(shape_out) * taps * (i + config["steps"] * o)
+
+    def kept_values(self, config, shape_out):
+        # The unrolled forward keeps every state s_0..s_steps and the feed-forward sum.
+        return (config["steps"] + 1) * shapes.flat_size(shape_out)
 
 
 # -- pooling ---------------------------------------------------------------------------------

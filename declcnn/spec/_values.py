@@ -7,6 +7,7 @@ import re
 
 INT64_MAX = 2**63 - 1
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 PARAM_REFERENCE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -48,6 +49,7 @@ def show(value) -> str:
         text = "true" if value else "false"
     elif isinstance(value, str):
         text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        text = _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
     elif isinstance(value, list):
         text = "[" + ", ".join(show(v) for v in value) + "]"
     elif isinstance(value, dict):

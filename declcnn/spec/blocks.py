@@ -42,6 +42,9 @@ from .model import LayerEntry
 
 BLOCK_KEYS = ("params", "required", "layers")
 MAX_LAYERS = 100_000
+# Layer tables visited while expanding, made into layers or not: nested repeats over blocks
+# that expand to nothing (or to little) never reach MAX_LAYERS, so they are capped here.
+MAX_EXPANSIONS = 3 * MAX_LAYERS
 _PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _TYPE_TESTS = {
@@ -144,6 +147,8 @@ def read_blocks(table, report: Report) -> dict[str, Block]:
             continue
         scope = Scope(report, block.path + ("layers",), name, set(block.params))
         block.layers = read_layer_list(layers, scope, blocks)
+        if not all(layer.ok for layer in block.layers):
+            block.ok = False  # its problems are reported once here, not at every use
     _check_recursion(blocks, report)
     return blocks
 
@@ -277,6 +282,7 @@ class _Expansion:
         self.report = report
         self.entries: list[LayerEntry] = []
         self.full = False
+        self.visits = 0
 
     def problem(self, context: _Context, message: str, line: int | None, key: str) -> None:
         """A mistake found while expanding: blamed on the file's layer whose use led here."""
@@ -289,6 +295,16 @@ class _Expansion:
         for layer in layers:
             if context.block_input is None:
                 context.top = layer
+            self.visits += 1
+            if self.visits > MAX_EXPANSIONS and not self.full:
+                self.full = True
+                top = context.top
+                self.problem(context, f"expanding the blocks visits more than "
+                                      f"{MAX_EXPANSIONS:,} layer tables (nested repeats); lower "
+                                      f"repeat.", self.report.line(top.path + ("repeat",)),
+                             "repeat")
+            if self.full:
+                break
             inputs = self.inputs(layer, context, previous) if layer.ok else None
             if inputs is not None and not self.full:
                 if layer.block is not None:
@@ -372,6 +388,8 @@ class _Expansion:
         origin = f"block '{block.name}' used as '{use_name}' (line {line})"
         names = {b.name for b in block.layers}
         for k in range(repeat):
+            if self.full:
+                break
             prefix = f"{use_name}.{k}." if "repeat" in layer.table else f"{use_name}."
             child = _Context(prefix, source, args, names, origin, context.top)
             source = self.run(block.layers, child)

@@ -12,7 +12,7 @@ import os
 import re
 
 from ..errors import Problem, SpecError
-from ._values import described, did_you_mean, is_int, show
+from ._values import bad_name_character, described, did_you_mean, is_int, show
 from .blocks import Block, expand, read_blocks
 from .layers import LayerDef, Report, Scope, read_layer_list
 from .locate import locate
@@ -27,6 +27,10 @@ except ModuleNotFoundError:  # Python 3.10
 TOP_LEVEL = ("network", "layers", "blocks", "training")
 NETWORK_KEYS = ("name", "input")
 MAX_INPUT_SIZE = 2**20
+# Tables and arrays nested deeper than this are refused before anything recurses over them
+# (a real spec nests about 6 deep: [blocks.B] layers, a layer, an args table, an array).
+MAX_NESTING = 32
+MAX_NAME_LENGTH = 100  # a run folder's name: well inside every file system's 255 bytes
 
 _SYNTAX_POSITION = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
 
@@ -72,6 +76,12 @@ def parse_spec(text: str, file: str | None = None) -> ParsedSpec:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         return ParsedSpec(file, "", (), [], problems=[_syntax_problem(err, text, file)])
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        document = None
+    if document is None or _nesting(document) > MAX_NESTING:
+        return ParsedSpec(file, "", (), [], problems=[Problem(
+            f"arrays or tables are nested more than {MAX_NESTING} deep; no spec needs that, "
+            f"so flatten the nesting (docs/SPEC.md shows the format).", file)])
     report = Report(file, locate(text))
 
     for key in document:
@@ -96,7 +106,7 @@ def parse_spec(text: str, file: str | None = None) -> ParsedSpec:
 
 
 def _check_network(network, file: str | None, report: Report) -> tuple[str, tuple[int, ...]]:
-    default_name = os.path.splitext(os.path.basename(file))[0] if file else "network"
+    default_name = _default_name(file)
     if network is None:
         report.add("missing; add a [network] table with input = [channels, height, width].",
                    section="network")
@@ -114,6 +124,11 @@ def _check_network(network, file: str | None, report: Report) -> tuple[str, tupl
         report.add(f"must be a string; got {described(name)}.", ("network", "name"),
                    key="name", section="network")
         name = default_name
+    else:
+        message = _name_problem(name)
+        if message:
+            report.add(message, ("network", "name"), key="name", section="network")
+            name = default_name
     if "input" not in network:
         report.add("missing; give input = [channels, height, width] (e.g. [1, 28, 28]), or "
                    "[features] for flat input.", ("network",), key="input", section="network")
@@ -129,6 +144,42 @@ def _check_network(network, file: str | None, report: Report) -> tuple[str, tupl
                    f"a smaller input.", ("network", "input"), key="input", section="network")
         return name, ()
     return name, tuple(dims)
+
+
+def _nesting(document: dict) -> int:
+    """How deep arrays and tables nest in ``document`` (itself 1), without recursing."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > MAX_NESTING:
+            break
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, (dict, list)))
+    return deepest
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a network: it becomes the run folder ``runs/NAME``, so it must be
+    one plain path component (no '/', '..', NUL), checked like a layer name."""
+    rule = ("a network name is the name of its run folder (runs/NAME), so it may contain only "
+            "letters, digits, '_' and '-' (e.g. name = \"lenet5\")")
+    if not name:
+        return f"must not be empty; {rule}."
+    bad = bad_name_character(name)
+    if bad is not None:
+        return f"{show(name)} contains {bad!r}; {rule}."
+    if len(name) > MAX_NAME_LENGTH:
+        return (f"is {len(name)} characters long, more than {MAX_NAME_LENGTH}; give a shorter "
+                f"name.")
+    return None
+
+
+def _default_name(file: str | None) -> str:
+    """The spec file's stem as a network name, its other characters replaced by '_'."""
+    stem = os.path.splitext(os.path.basename(file))[0] if file else ""
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", stem)[:MAX_NAME_LENGTH]
+    return stem or "network"
 
 
 def _check_layers(layers, blocks: dict[str, Block], report: Report) -> list[LayerDef] | None:

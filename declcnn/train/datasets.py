@@ -11,6 +11,7 @@ Missing or corrupt files raise :class:`~declcnn.errors.DataError` naming the fil
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from .archives import MAX_DEFLATE_RATIO, check_regular_file, read_npy, read_npz
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -35,6 +37,10 @@ HOW_TO_GET_FASHION = (
     "folder and pass --data DIR or set DECLCNN_DATA=DIR"
 )
 SHAPE_CLASSES = ("background", "circle", "square", "triangle")
+# The full Fashion-MNIST training images are 47 MB; a file declaring more than this is refused.
+MAX_IDX_BYTES = 1 << 30
+MAX_NPZ_BYTES = 1 << 30  # CIFAR-10 as bytes is 180 MB
+MAX_IMAGE_PIXELS = 1 << 26  # 8192 × 8192: far above any input, below PIL's bomb limit
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # IDX type codes (the third magic byte) and their big-endian numpy types.
@@ -64,34 +70,53 @@ class Dataset:
 # -- IDX ------------------------------------------------------------------------------------
 
 def read_idx(path) -> np.ndarray:
-    """Read an IDX file (raw, or gzip-compressed whatever its name) into a native-order array."""
+    """Read an IDX file (raw, or gzip-compressed whatever its name) into a native-order array.
+
+    The header's declared size is checked against :data:`MAX_IDX_BYTES` and against the file
+    (its exact size, or what its gzip stream can hold at deflate's best ratio) before the data
+    is read, and no more than it declares is ever inflated.
+    """
     path = Path(path)
+    size = check_regular_file(path, DataError)
     try:
-        raw = path.read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as handle:
+            compressed = handle.read(2) == b"\x1f\x8b"
+        with (gzip.open if compressed else open)(path, "rb") as handle:
+            start = handle.read(4)
+            if len(start) < 4 or start[0] != 0 or start[1] != 0 or start[2] not in _IDX_TYPES:
+                raise DataError(f"{path}: not an IDX file (the first bytes are "
+                                f"{start.hex(' ')}, expected 00 00 <type> <rank>); check that it "
+                                f"is one of the data set's IDX files and download it again.")
+            dtype, rank = np.dtype(_IDX_TYPES[start[2]]), start[3]
+            header = 4 + 4 * rank
+            dims = handle.read(4 * rank)
+            if len(dims) < 4 * rank:
+                raise DataError(f"{path}: the IDX header is truncated ({4 + len(dims)} bytes for "
+                                f"a rank-{rank} header of {header}); download the file again.")
+            shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+            expected = header + dtype.itemsize * math.prod(shape)
+            if expected > MAX_IDX_BYTES:
+                raise DataError(f"{path}: the header declares shape {shape} ({expected:,} bytes), "
+                                f"more than the {MAX_IDX_BYTES:,} an IDX file may hold here; it "
+                                f"is corrupt or crafted, download it again.")
+            if compressed and expected > MAX_DEFLATE_RATIO * size + (1 << 16):
+                raise DataError(f"{path}: the header declares shape {shape} ({expected:,} bytes) "
+                                f"but {size:,} compressed bytes cannot hold that much; the file "
+                                f"is corrupt or crafted, download it again.")
+            body = handle.read(expected - header + 1)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file.") from None
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path}: the gzip stream is corrupt or truncated ({err}); download the "
                         f"file again.") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise DataError(f"{path}: not an IDX file (the first bytes are {raw[:4].hex(' ')}, "
-                        f"expected 00 00 <type> <rank>); check that it is one of the data set's "
-                        f"IDX files and download it again.")
-    dtype = np.dtype(_IDX_TYPES[raw[2]])
-    rank = raw[3]
-    header = 4 + 4 * rank
-    if len(raw) < header:
-        raise DataError(f"{path}: the IDX header is truncated ({len(raw)} bytes for a rank-{rank} "
-                        f"header of {header}); download the file again.")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", rank, 4))
-    expected = header + dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if len(raw) != expected:
+    if header + len(body) != expected:
+        held = header + len(body) if compressed or header + len(body) < expected else size
+        more = " or more" if held > expected and compressed else ""
         raise DataError(f"{path}: the header promises shape {shape} ({expected} bytes in all) but "
-                        f"the file holds {len(raw)} bytes; it is truncated or corrupt, download "
+                        f"the file holds {held} bytes{more}; it is truncated or corrupt, download "
                         f"it again.")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    array = np.frombuffer(body, dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="))
 
 
 def write_idx(path, array: np.ndarray) -> None:
@@ -245,6 +270,9 @@ def _holdout(x: np.ndarray, y: np.ndarray, seed: int, fraction: float = 0.1):
 
 def _npz_images(path: Path, key: str, x, input_shape) -> np.ndarray:
     x = np.asarray(x)
+    if x.ndim < len(input_shape):
+        raise DataError(f"{path}: array '{key}' has shape {x.shape}; store it as (N, "
+                        f"{', '.join(map(str, input_shape))}).")
     if x.ndim == len(input_shape):  # one channel without its axis
         x = x[:, None]
     if tuple(x.shape[1:]) != tuple(input_shape):
@@ -253,14 +281,14 @@ def _npz_images(path: Path, key: str, x, input_shape) -> np.ndarray:
                         f"{', '.join(map(str, input_shape))}) or change the spec's input.")
     if x.dtype == np.uint8:
         return x
-    if not np.issubdtype(x.dtype, np.number):
-        raise DataError(f"{path}: array '{key}' is {x.dtype}, not numbers; store numbers.")
+    if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise DataError(f"{path}: array '{key}' is {x.dtype}, not real numbers; store numbers.")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _npz_labels(path: Path, key: str, y, n: int) -> np.ndarray:
     y = np.asarray(y)
-    if len(y) != n:
+    if y.ndim == 0 or len(y) != n:
         raise DataError(f"{path}: array '{key}' has {len(y)} entries for {n} samples; give one "
                         f"label (or mask) per sample.")
     if np.issubdtype(y.dtype, np.floating):
@@ -276,14 +304,8 @@ def load_npz(path, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
     """An ``.npz`` with ``x`` and ``y`` (and optionally ``x_test``, ``y_test``; otherwise 10% of
     the samples, chosen by ``seed``, are held out).  Optional ``classes``: the class names."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file.") from None
-    except Exception as err:  # zipfile, zlib and numpy all raise their own kinds
-        raise DataError(f"{path}: cannot be read as an .npz archive ({err}); save it with "
-                        f"numpy.savez(path, x=images, y=labels).") from None
+    arrays = read_npz(path, MAX_NPZ_BYTES, DataError,
+                      "Save it with numpy.savez(path, x=images, y=labels)")
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise DataError(f"{path}: the archive lacks {' and '.join(repr(k) for k in missing)} (it "
@@ -291,14 +313,27 @@ def load_npz(path, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
                         f"x=images, y=labels).")
     x = _npz_images(path, "x", arrays["x"], input_shape)
     y = _npz_labels(path, "y", arrays["y"], len(x))
-    if "x_test" in arrays and "y_test" in arrays:
+    held_out = "x_test" in arrays and "y_test" in arrays
+    if len(x) < (1 if held_out else 2):
+        need = "one sample" if held_out else "two samples (one is held out for testing)"
+        raise DataError(f"{path}: array 'x' has {len(x)} samples; training needs at least "
+                        f"{need}. Add samples{'' if held_out else ', or x_test and y_test'}.")
+    if held_out:
         x_test = _npz_images(path, "x_test", arrays["x_test"], input_shape)
+        if not len(x_test):
+            raise DataError(f"{path}: array 'x_test' has no samples; add some, or leave x_test "
+                            f"and y_test out to hold out 10% of x.")
         (train_x, train_y), (test_x, test_y) = (x, y), (
             x_test, _npz_labels(path, "y_test", arrays["y_test"], len(x_test)))
     else:
         (train_x, train_y), (test_x, test_y) = _holdout(x, y, seed)
     n_classes = int(max(train_y.max(initial=0), test_y.max(initial=0))) + 1
     names = arrays.get("classes")
+    if names is not None and (names.ndim != 1 or names.dtype.kind not in "US"
+                              or len(names) < n_classes):
+        raise DataError(f"{path}: array 'classes' must list the {n_classes} class names as "
+                        f"strings; it is {names.dtype} of shape {names.shape}. Store "
+                        f"classes=numpy.array(['cat', 'dog', ...]) or leave it out.")
     classes = (tuple(str(c) for c in names) if names is not None
                else tuple(str(i) for i in range(n_classes)))
     return (Dataset(train_x, train_y, classes, path.name, f"{path}: {len(train_x)} samples"),
@@ -314,17 +349,52 @@ def read_image(path, input_shape) -> np.ndarray:
     if channels not in (1, 3):
         raise DataError(f"{path}: the network takes {channels}-channel input; image files can "
                         f"only give 1 (grey) or 3 (RGB). Convert the images to a .npz or .npy.")
+    check_regular_file(path, DataError, "image file")
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{path}: the image is {image.width}×{image.height} pixels, more "
+                                f"than the {MAX_IMAGE_PIXELS:,} an input may have; shrink it "
+                                f"first.")
             image = image.convert("L" if channels == 1 else "RGB")
             if image.size != (width, height):
                 image = image.resize((width, height), Image.BILINEAR)
             array = np.asarray(image, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file.") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError,
+            SyntaxError, EOFError) as err:  # PIL's plugins raise all of these on bad files
         raise DataError(f"{path}: not a readable image ({err}); replace or remove it.") from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def read_input(path, input_shape) -> np.ndarray:
+    """One input for ``predict``: an image file (resized) or an ``.npy`` array of the network's
+    input shape, ``uint8`` or finite ``float32``; anything else is refused with a message."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        return read_image(path, input_shape)
+    array = read_npy(path, MAX_NPZ_BYTES, DataError,
+                     "Save the input with numpy.save(path, array)")
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{path}: the array is {array.dtype}, not real numbers; save a uint8 "
+                        f"image or a float array.")
+    stored = array.shape
+    if array.ndim == len(input_shape) - 1 and input_shape[0] == 1:
+        array = array[None]  # a grey image without its channel axis
+    if tuple(array.shape) != tuple(input_shape):
+        raise DataError(f"{path}: the array has shape {stored} but the network takes "
+                        f"{tuple(input_shape)}; save it in that shape (an image file would be "
+                        f"resized instead).")
+    if array.dtype == np.uint8:
+        return array
+    with np.errstate(over="ignore"):  # what overflows float32 is reported just below
+        array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        bad = int(array.size - np.isfinite(array).sum())
+        raise DataError(f"{path}: the array holds {bad} NaN or infinite value(s) (as float32); "
+                        f"predictions on them would be NaN. Replace them with finite values.")
+    return array
 
 
 def _read_class_folders(root: Path, input_shape) -> tuple[np.ndarray, np.ndarray, tuple]:

@@ -20,19 +20,26 @@ import math
 import signal
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError, DeclcnnError, TrainingError
+from ..errors import DataError, DeclcnnError, DeclcnnWarning, TrainingError
 from ..graph import load_graph
 from ..ops.activation import softmax
 from ..runtime import Network
 from ..threads import get_num_threads, set_num_threads
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    checkpoint_budget,
+    load_checkpoint,
+    save_checkpoint,
+    stored_settings,
+)
 from .data import Normalizer, batches, epoch_order, steps_per_epoch, training_batch
-from .datasets import Dataset, load_dataset, read_image
+from .datasets import Dataset, load_dataset, read_input
 from .losses import compute_loss
 from .metrics import confusion_matrix, correct_predictions, summarise
 from .optimizers import make_optimizer
@@ -122,6 +129,12 @@ def _score(result: dict) -> float:
     return result.get("mean_iou", result["accuracy"])
 
 
+def _json_ready(record: dict) -> dict:
+    """``record`` with NaN and infinities as null: JSON has no such numbers."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in record.items()}
+
+
 @contextmanager
 def _stop_on_sigint():
     """While training, the first Ctrl-C asks for a clean stop after the current step; a second
@@ -189,7 +202,7 @@ class Trainer:
             "running": running, "best": best, "threads": get_num_threads(),
             "dropout_rng": self.network.dropout_rng.bit_generator.state,
             "classes": list(self.train_data.classes), "spec_name": self.graph.name,
-            "segmentation": self.train_data.segmentation,
+            "segmentation": self.train_data.segmentation, "overrides": sorted(self.overrides),
         }
         state = self.network.state_dict()
         params = {k: state[k] for k in self.network.params}
@@ -207,14 +220,20 @@ class Trainer:
         checkpoint = None
         if resume:
             path = self.last_path if resume is True else Path(resume)
-            checkpoint = load_checkpoint(path)
-            self.settings = {**self.graph.training, **checkpoint.meta.get("settings", {}),
-                             **self.overrides}
+            checkpoint = load_checkpoint(path, checkpoint_budget(self.graph))
+            checkpoint.check_resumable()
+            self.settings, notes = stored_settings(checkpoint, self.graph.training,
+                                                   self.overrides)
+            for note in notes:
+                self.log(f"note: {note}")
         settings = self.settings
         self.train_data, self.test_data = load_dataset(
             settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"])
         for note in self.train_data.notes:
             self.log(f"note: {note}")
+        if settings["batch_size"] > len(self.train_data):
+            self.log(f"note: batch_size {settings['batch_size']} is larger than the "
+                     f"{len(self.train_data)} training samples; each epoch is one batch of them.")
         self.log(f"data: {self.train_data.description}; {self.test_data.description}")
         self.network = Network(self.graph, seed=settings["seed"])
         check_fit(self.network, self.train_data)
@@ -286,8 +305,10 @@ class Trainer:
                       "seconds": time.perf_counter() - started}
             if "mean_iou" in val:
                 record["val_mean_iou"] = val["mean_iou"]
-            self.history.append(record)
-            improved = best is None or _score(val) > best
+            self.history.append(_json_ready(record))
+            # A diverged epoch (NaN or infinite loss or score) is never the best one.
+            finite = math.isfinite(val["loss"]) and math.isfinite(_score(val))
+            improved = finite and (best is None or _score(val) > best)
             best = _score(val) if improved else best
             running = {"loss": 0.0, "correct": 0, "counted": 0, "images": 0}
             checkpoint = self._checkpoint(e + 1, step, running, best)
@@ -295,7 +316,7 @@ class Trainer:
             if improved:
                 save_checkpoint(self.best_path, checkpoint)
             with metrics_path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(self.history[-1]) + "\n")
             iou = f" mean IoU {record['val_mean_iou']:.4f}" if "val_mean_iou" in record else ""
             self.log(f"epoch {e + 1}/{epochs}: train loss {record['train_loss']:.4f} acc "
                      f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
@@ -333,7 +354,7 @@ def train(spec, resume=None, **options) -> dict:
 def _network_from(spec, weights) -> tuple[Network, Checkpoint]:
     source, _ = _spec_source(spec)
     network = Network(load_graph(source))
-    checkpoint = load_checkpoint(weights)
+    checkpoint = load_checkpoint(weights, checkpoint_budget(network.graph))
     checkpoint.restore(network)
     network.eval()
     return network, checkpoint
@@ -344,7 +365,9 @@ def evaluate(spec, weights, data_dir=None, batch_size: int = 256) -> dict:
     accuracy, per-class accuracy, confusion matrix, loss; pixel accuracy and (mean) IoU for
     segmentation."""
     network, checkpoint = _network_from(spec, weights)
-    settings = {**network.graph.training, **checkpoint.meta.get("settings", {})}
+    settings, notes = stored_settings(checkpoint, network.graph.training, {})
+    for note in notes:
+        warnings.warn(DeclcnnWarning(note), stacklevel=2)
     _, test = load_dataset(settings["dataset"], network.graph.input_shape, data_dir,
                            settings["seed"])
     check_fit(network, test)
@@ -352,24 +375,6 @@ def evaluate(spec, weights, data_dir=None, batch_size: int = 256) -> dict:
                               settings, batch_size)
     result["dataset"] = test.description
     return result
-
-
-def _read_input(path: Path, input_shape) -> np.ndarray:
-    """An image file or ``.npy`` as one sample of the network's input shape."""
-    if path.suffix.lower() != ".npy":
-        return read_image(path, input_shape)
-    try:
-        array = np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise DataError(f"{path}: not a readable .npy file ({err}).") from None
-    stored = array.shape
-    if array.ndim == len(input_shape) - 1 and input_shape[0] == 1:
-        array = array[None]  # a grey image without its channel axis
-    if tuple(array.shape) != tuple(input_shape):
-        raise DataError(f"{path}: the array has shape {stored} but the network takes "
-                        f"{tuple(input_shape)}; save it in that shape (an image file would be "
-                        f"resized instead).")
-    return array if array.dtype == np.uint8 else array.astype(np.float32)
 
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:
@@ -394,7 +399,7 @@ def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
     classes = checkpoint.meta.get("classes") or []
     paths = [Path(p) for p in inputs]
     # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
-    batch = np.concatenate([normalizer(_read_input(p, network.graph.input_shape)[None])
+    batch = np.concatenate([normalizer(read_input(p, network.graph.input_shape)[None])
                             for p in paths])
     probabilities = softmax(network.forward(batch), axis=1)
 
@@ -411,9 +416,14 @@ def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
         else:
             mask = p.argmax(axis=0)
             folder = Path(out) if out else path.parent
-            folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{path.stem}_mask.png"
-            _save_mask(mask, target)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                _save_mask(mask, target)
+            except OSError as err:
+                raise DataError(f"{folder}: cannot write the mask {target.name} there "
+                                f"({err.strerror or err}); choose another --out folder, or check "
+                                f"its permissions and free space.") from None
             present = np.bincount(mask.ravel(), minlength=len(p)) / mask.size
             results.append({"input": str(path), "mask": str(target), "classes": {
                 name(i): float(f) for i, f in enumerate(present) if f > 0}})
