@@ -52,11 +52,16 @@ def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, re
                    f"Resume with: {shlex.join(again)}", err=True)
         sys.exit(INTERRUPTED_EXIT)
     last = result["history"][-1] if result["history"] else {}
-    score = ("val_mean_iou", "mean IoU") if "val_mean_iou" in last else ("val_accuracy",
-                                                                         "accuracy")
-    if last:
-        click.echo(f"done: {last['epoch']} epochs; validation {score[1]} {last[score[0]]:.4f} "
-                   f"(best {result['best']:.4f}); weights in {result['best_path']}")
+    test = result["test"]
+    segmentation = "mean_iou" in test
+    name, key = ("mean IoU", "mean_iou") if segmentation else ("accuracy", "accuracy")
+    if f"val_{key}" in last and result["best"] is not None:
+        chosen = (f"validation {name} {last[f'val_{key}']:.4f} (best {result['best']:.4f} at "
+                  f"epoch {result['best_epoch']})")
+    else:
+        chosen = "no validation split"
+    click.echo(f"done: {last.get('epoch', 0)} epochs; {chosen}; test {name} {test[key]:.4f}; "
+               f"weights in {test['weights']}")
 
 
 def _matrix_text(matrix, classes) -> str:
@@ -73,17 +78,20 @@ def _matrix_text(matrix, classes) -> str:
               help="Checkpoint (.npz) written by declcnn train.")
 @click.option("--data", "data_dir", type=click.Path(),
               help="Folder of the Fashion-MNIST IDX files, or the .npz / image folder to use.")
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test",
+              show_default=True, help="Which split to score: the test split, or the validation "
+              "or training part of the training set as the run divided it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
-def eval_command(spec, weights, data_dir, as_json):
-    """Evaluate a checkpoint of SPEC on the test split of its data set."""
+def eval_command(spec, weights, data_dir, split, as_json):
+    """Evaluate a checkpoint of SPEC on the test split of its data set (or another --split)."""
     from ..train import evaluate
 
-    result = evaluate(spec, weights, data_dir=data_dir)
+    result = evaluate(spec, weights, data_dir=data_dir, split=split)
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{result['dataset']}")
+    click.echo(f"{result['split']} split: {result['dataset']}")
     click.echo(f"accuracy {result['accuracy']:.4f} ({result['samples']} "
                f"{'pixels' if 'mean_iou' in result else 'samples'}), loss {result['loss']:.4f}")
     if "mean_iou" in result:

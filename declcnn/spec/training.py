@@ -31,6 +31,7 @@ DEFAULTS = {
     "seed": 0,
     "augment": [],
     "normalize": True,
+    "validation": 0.1,
 }
 
 # Names other tools use for our keys, too far from them for difflib to suggest.
@@ -115,6 +116,20 @@ def _augment(value):
     return None
 
 
+def _validation(value):
+    if isinstance(value, str):
+        if value and value.isidentifier() and value != "test":
+            return None
+        return (f"must name a split the data set holds (e.g. \"val\": arrays x_val and y_val "
+                f"in an .npz, a val/ folder beside train/), not {show(value)}; the test split "
+                f"is never used for selection.")
+    if not is_number(value) or isinstance(value, bool) or not (0 <= value < 1):
+        return (f"must be a fraction ≥ 0 and < 1 of the training set to hold out for "
+                f"validation (0 for none), or the name of a split such as \"val\"; got "
+                f"{show(value)}.")
+    return None
+
+
 def _listed(options) -> str:
     return ", ".join(f"'{o}'" for o in options)
 
@@ -138,6 +153,7 @@ CHECKS = {
     "seed": _integer(0, INT64_MAX),
     "augment": _augment,
     "normalize": _boolean,
+    "validation": _validation,
 }
 
 

@@ -52,6 +52,7 @@ class Dataset:
     name: str
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    splits: dict[str, Dataset] = field(default_factory=dict)  # named ones besides train, test
 
     def __len__(self) -> int:
         return len(self.x)
@@ -301,7 +302,16 @@ def load_npz(path, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
     names = arrays.get("classes")
     classes = (tuple(str(c) for c in names) if names is not None
                else tuple(str(i) for i in range(n_classes)))
-    return (Dataset(train_x, train_y, classes, path.name, f"{path}: {len(train_x)} samples"),
+    splits = {}
+    for key in sorted(arrays):  # x_val and y_val (any x_NAME, y_NAME but test): a named split
+        name = key[2:]
+        if key.startswith("x_") and name != "test" and f"y_{name}" in arrays:
+            x_split = _npz_images(path, key, arrays[key], input_shape)
+            splits[name] = Dataset(x_split, _npz_labels(path, f"y_{name}", arrays[f"y_{name}"],
+                                                        len(x_split)),
+                                   classes, path.name, f"{path}: {len(x_split)} '{name}' samples")
+    return (Dataset(train_x, train_y, classes, path.name, f"{path}: {len(train_x)} samples",
+                    splits=splits),
             Dataset(test_x, test_y, classes, path.name, f"{path}: {len(test_x)} held-out samples"))
 
 

@@ -4,8 +4,15 @@
 override single keys) and writes into its run folder (``runs/<spec name>/`` by default):
 
 * ``last.npz`` every ``checkpoint_every`` steps and at each epoch's end, ``best.npz`` when the
-  validation score (accuracy, or mean IoU for segmentation) improves;
-* ``metrics.jsonl``: one JSON object per epoch; ``curves.png``: loss and accuracy per epoch.
+  validation score (accuracy, or mean IoU for segmentation) improves — a non-finite validation
+  result never counts as an improvement;
+* ``metrics.jsonl``: one JSON object per epoch (``train_*`` on the training part, ``val_*`` on
+  the validation split); ``curves.png``: loss and accuracy per epoch;
+* ``test.json``: the test split scored once, at the end, with ``best.npz``.
+
+The validation split is ``[training] validation``: a seeded, stratified fraction of the training
+set (0.1 by default; 0 for none, when ``best.npz`` is the last epoch) or a split the data set
+names.  The test split is never used to choose anything.
 
 A run is a pure function of its settings and thread count: the data order of epoch ``e`` comes
 from ``(seed, e)``, augmentation from ``(seed, e, batch)``, dropout from a generator whose state
@@ -31,7 +38,14 @@ from ..ops.activation import softmax
 from ..runtime import Network
 from ..threads import get_num_threads, set_num_threads
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .data import Normalizer, batches, epoch_order, steps_per_epoch, training_batch
+from .data import (
+    Normalizer,
+    batches,
+    epoch_order,
+    steps_per_epoch,
+    training_batch,
+    validation_split,
+)
 from .datasets import Dataset, load_dataset, read_image
 from .losses import compute_loss
 from .metrics import confusion_matrix, correct_predictions, summarise
@@ -122,6 +136,20 @@ def _score(result: dict) -> float:
     return result.get("mean_iou", result["accuracy"])
 
 
+def _improves(result: dict, best: float | None) -> bool:
+    """Whether a validation result beats ``best``; a non-finite loss or score never does (a
+    network whose outputs overflowed can still give a finite accuracy)."""
+    score = _score(result)
+    if not (math.isfinite(score) and math.isfinite(result["loss"])):
+        return False
+    return best is None or score > best
+
+
+def _scores_text(result: dict) -> str:
+    iou = f" mean IoU {result['mean_iou']:.4f}" if "mean_iou" in result else ""
+    return f"loss {result['loss']:.4f} acc {result['accuracy']:.4f}{iou}"
+
+
 @contextmanager
 def _stop_on_sigint():
     """While training, the first Ctrl-C asks for a clean stop after the current step; a second
@@ -170,6 +198,8 @@ class Trainer:
         self.verbose = verbose
         self.network: Network | None = None
         self.history: list[dict] = []
+        self.best_epoch: int | None = None
+        self.val_data: Dataset | None = None
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -189,7 +219,7 @@ class Trainer:
             "running": running, "best": best, "threads": get_num_threads(),
             "dropout_rng": self.network.dropout_rng.bit_generator.state,
             "classes": list(self.train_data.classes), "spec_name": self.graph.name,
-            "segmentation": self.train_data.segmentation,
+            "segmentation": self.train_data.segmentation, "best_epoch": self.best_epoch,
         }
         state = self.network.state_dict()
         params = {k: state[k] for k in self.network.params}
@@ -200,7 +230,8 @@ class Trainer:
     def fit(self, resume=None) -> dict:
         """Train; ``resume`` is a checkpoint path, or True for the run folder's ``last.npz``.
 
-        Returns ``{"history", "best", "last", "best_path", "run_dir"}``.  Raises
+        Returns ``{"history", "best", "best_epoch", "test", "last", "best_path", "run_dir"}``
+        (``test``: the test split's metrics with the best weights).  Raises
         :class:`TrainingInterrupted` after saving on Ctrl-C and
         :class:`~declcnn.errors.TrainingError` on a non-finite loss.
         """
@@ -211,11 +242,17 @@ class Trainer:
             self.settings = {**self.graph.training, **checkpoint.meta.get("settings", {}),
                              **self.overrides}
         settings = self.settings
-        self.train_data, self.test_data = load_dataset(
+        train_data, self.test_data = load_dataset(
             settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"])
+        self.train_data, self.val_data = validation_split(train_data, settings["validation"],
+                                                          settings["seed"])
+        del train_data
         for note in self.train_data.notes:
             self.log(f"note: {note}")
-        self.log(f"data: {self.train_data.description}; {self.test_data.description}")
+        held = (self.val_data.description if self.val_data is not None else
+                "no validation split (validation = 0): best.npz is the last epoch")
+        self.log(f"data: {self.train_data.description}; {held}; test (scored once, at the "
+                 f"end): {self.test_data.description}")
         self.network = Network(self.graph, seed=settings["seed"])
         check_fit(self.network, self.train_data)
         if settings["loss"] == "cross_entropy" and self.graph.output.type == "softmax":
@@ -234,6 +271,7 @@ class Trainer:
             self.normalizer = Normalizer(checkpoint.mean, checkpoint.std)
             meta = checkpoint.meta
             epoch, step, best = meta["epoch"], meta["step"], meta["best"]
+            self.best_epoch = meta.get("best_epoch")
             running, self.history = meta["running"], meta["history"]
             self.log(f"resuming {checkpoint.path} at epoch {epoch + 1}, step {step} "
                      f"(saved with {meta['threads']} threads; now {get_num_threads()})")
@@ -243,10 +281,27 @@ class Trainer:
         with _stop_on_sigint() as stop:
             best = self._epochs(epoch, step, running, best, stop, metrics_path)
         plot_history(self.history, self.run_dir / "curves.png")
-        self.log(f"saved {self.last_path}, {self.best_path}, {metrics_path} and "
-                 f"{self.run_dir / 'curves.png'}")
-        return {"history": self.history, "best": best, "last": self.last_path,
-                "best_path": self.best_path, "run_dir": self.run_dir}
+        test = self._score_test()
+        self.log(f"saved {self.last_path}, {self.best_path}, {metrics_path}, "
+                 f"{self.run_dir / 'test.json'} and {self.run_dir / 'curves.png'}")
+        return {"history": self.history, "best": best, "best_epoch": self.best_epoch,
+                "test": test, "last": self.last_path, "best_path": self.best_path,
+                "run_dir": self.run_dir}
+
+    def _score_test(self) -> dict:
+        """Score the test split once with ``best.npz`` (``last.npz`` if no epoch had a finite
+        validation result) and write ``test.json``."""
+        weights = self.best_path if self.best_epoch is not None else self.last_path
+        network = Network(self.graph)
+        load_checkpoint(weights).restore(network)
+        result = evaluate_network(network, self.test_data, self.normalizer, self.settings)
+        result.update(split="test", dataset=self.test_data.description, weights=str(weights),
+                      epoch=self.best_epoch if self.best_epoch is not None else len(self.history))
+        (self.run_dir / "test.json").write_text(json.dumps(result) + "\n")
+        which = (f"best.npz, epoch {self.best_epoch}" if self.best_epoch is not None else
+                 "last.npz: no epoch had a finite validation result")
+        self.log(f"test ({len(self.test_data)} samples, {which}): {_scores_text(result)}")
+        return result
 
     def _epochs(self, epoch, step, running, best, stop, metrics_path):
         settings, data = self.settings, self.train_data
@@ -277,18 +332,24 @@ class Trainer:
                     bar.close()
                     raise TrainingInterrupted(self.last_path, step)
             bar.close()
-            val = evaluate_network(self.network, self.test_data, self.normalizer, settings)
             record = {"epoch": e + 1, "step": step,
                       "train_loss": running["loss"] / max(running["images"], 1),
-                      "train_accuracy": running["correct"] / max(running["counted"], 1),
-                      "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                      "lr": learning_rate(step - 1, settings, per_epoch),
-                      "seconds": time.perf_counter() - started}
-            if "mean_iou" in val:
-                record["val_mean_iou"] = val["mean_iou"]
+                      "train_accuracy": running["correct"] / max(running["counted"], 1)}
+            if self.val_data is not None:
+                val = evaluate_network(self.network, self.val_data, self.normalizer, settings)
+                record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                if "mean_iou" in val:
+                    record["val_mean_iou"] = val["mean_iou"]
+                improved = _improves(val, best)
+                shown = f" | validation {_scores_text(val)}"
+            else:
+                improved, shown = True, ""
+            record.update(lr=learning_rate(step - 1, settings, per_epoch),
+                          seconds=time.perf_counter() - started)
             self.history.append(record)
-            improved = best is None or _score(val) > best
-            best = _score(val) if improved else best
+            if improved:
+                best = _score(val) if self.val_data is not None else None
+                self.best_epoch = e + 1
             running = {"loss": 0.0, "correct": 0, "counted": 0, "images": 0}
             checkpoint = self._checkpoint(e + 1, step, running, best)
             save_checkpoint(self.last_path, checkpoint)
@@ -296,11 +357,9 @@ class Trainer:
                 save_checkpoint(self.best_path, checkpoint)
             with metrics_path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            iou = f" mean IoU {record['val_mean_iou']:.4f}" if "val_mean_iou" in record else ""
             self.log(f"epoch {e + 1}/{epochs}: train loss {record['train_loss']:.4f} acc "
-                     f"{record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} acc "
-                     f"{record['val_accuracy']:.4f}{iou} | {duration(record['seconds'])}"
-                     f"{' (best)' if improved else ''}")
+                     f"{record['train_accuracy']:.4f}{shown} | {duration(record['seconds'])}"
+                     f"{' (best)' if improved and self.val_data is not None else ''}")
             if stop.is_set():
                 raise TrainingInterrupted(self.last_path, step)
         return best
@@ -339,18 +398,32 @@ def _network_from(spec, weights) -> tuple[Network, Checkpoint]:
     return network, checkpoint
 
 
-def evaluate(spec, weights, data_dir=None, batch_size: int = 256) -> dict:
-    """Metrics of the checkpoint ``weights`` on the test split of the spec's data set:
+SPLITS = ("test", "validation", "train")
+
+
+def evaluate(spec, weights, data_dir=None, batch_size: int = 256, split: str = "test") -> dict:
+    """Metrics of the checkpoint ``weights`` on one split of the spec's data set (``"test"`` by
+    default; ``"validation"`` and ``"train"`` are the parts the run held out and trained on):
     accuracy, per-class accuracy, confusion matrix, loss; pixel accuracy and (mean) IoU for
-    segmentation."""
+    segmentation.  ``result["split"]`` names the split scored."""
+    if split not in SPLITS:
+        raise DeclcnnError(f"split '{split}' is not one of {', '.join(SPLITS)}; choose one.")
     network, checkpoint = _network_from(spec, weights)
     settings = {**network.graph.training, **checkpoint.meta.get("settings", {})}
-    _, test = load_dataset(settings["dataset"], network.graph.input_shape, data_dir,
-                           settings["seed"])
-    check_fit(network, test)
-    result = evaluate_network(network, test, Normalizer(checkpoint.mean, checkpoint.std),
+    train, test = load_dataset(settings["dataset"], network.graph.input_shape, data_dir,
+                               settings["seed"])
+    if split == "test":
+        data = test
+    else:
+        train, validation = validation_split(train, settings["validation"], settings["seed"])
+        if split == "validation" and validation is None:
+            raise DataError(f"{weights}: the run held out no validation split (validation = "
+                            f"0); evaluate the test or train split instead.")
+        data = validation if split == "validation" else train
+    check_fit(network, data)
+    result = evaluate_network(network, data, Normalizer(checkpoint.mean, checkpoint.std),
                               settings, batch_size)
-    result["dataset"] = test.description
+    result["split"], result["dataset"] = split, data.description
     return result
 
 
