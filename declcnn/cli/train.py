@@ -12,6 +12,21 @@ from . import main
 from ._common import user_errors
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+DATA_HELP = ("Data to use whatever the spec's dataset says, its format detected: an IDX folder "
+             "(MNIST / Fashion-MNIST), a CIFAR-10 binary folder, an image folder (a sub-folder "
+             "per class) or an .npz (x, y).")
+
+
+def _size(context, parameter, value):
+    """``HxW`` (or one number for a square) as ``(height, width)``."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise click.BadParameter(f"must be HEIGHTxWIDTH, e.g. 32x32; got {value!r}.")
+    return int(parts[0]), int(parts[1])
 
 
 @main.command("train")
@@ -22,8 +37,10 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 @click.option("--seed", type=click.IntRange(min=0), help="Override [training] seed.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Kernel threads (a run is reproducible bit for bit for a thread count).")
-@click.option("--data", "data_dir", type=click.Path(),
-              help="Folder of the Fashion-MNIST IDX files, or the .npz / image folder to use.")
+@click.option("--data", "data_dir", type=click.Path(), help=DATA_HELP)
+@click.option("--input", "input_size", callback=_size, metavar="HxW",
+              help="Build the network at this image size instead of the spec's input (where "
+                   "every layer allows it, e.g. global pooling); checkpoints remember it.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run folder (default runs/<spec name>/).")
 @click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[CKPT]",
@@ -32,14 +49,15 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
               help="Steps between checkpoints (one is also written at each epoch's end).")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @user_errors
-def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, resume,
-                  checkpoint_every, quiet):
+def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, input_size, out,
+                  resume, checkpoint_every, quiet):
     """Train the network of SPEC on the data set its [training] table names."""
     from ..train import Trainer, TrainingInterrupted
 
     trainer = Trainer(spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       threads=threads, data_dir=data_dir, out=out,
-                      checkpoint_every=checkpoint_every, verbose=not quiet)
+                      checkpoint_every=checkpoint_every, verbose=not quiet,
+                      input_size=input_size)
     try:
         result = trainer.fit(resume=True if resume == "" else resume)
     except TrainingInterrupted as stop:
@@ -48,6 +66,8 @@ def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, re
             again += ["--out", out]
         if data_dir:
             again += ["--data", data_dir]
+        if input_size:
+            again += ["--input", f"{input_size[0]}x{input_size[1]}"]
         click.echo(f"interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
                    f"Resume with: {shlex.join(again)}", err=True)
         sys.exit(INTERRUPTED_EXIT)
@@ -76,8 +96,7 @@ def _matrix_text(matrix, classes) -> str:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint (.npz) written by declcnn train.")
-@click.option("--data", "data_dir", type=click.Path(),
-              help="Folder of the Fashion-MNIST IDX files, or the .npz / image folder to use.")
+@click.option("--data", "data_dir", type=click.Path(), help=DATA_HELP)
 @click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test",
               show_default=True, help="Which split to score: the test split, or the validation "
               "or training part of the training set as the run divided it.")

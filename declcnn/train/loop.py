@@ -77,6 +77,41 @@ def _spec_source(spec) -> tuple[object, str]:
             from None
 
 
+def input_fix(source, name: str, input_shape, images) -> str:
+    """How to make the network of ``source`` (spec'd for ``input_shape``) fit ``images`` (C, H,
+    W), in words: only fixes that build are offered (the graph is built at each size tried)."""
+    channels, height, width = images
+    spec_channels = input_shape[0]
+
+    def builds(shape) -> bool:
+        try:
+            load_graph(source, shape)
+        except DeclcnnError:
+            return False
+        return True
+
+    fixes = []
+    if spec_channels == channels and builds(images):
+        fixes.append(f"train with --input {height}x{width} (network '{name}' runs at that "
+                     f"size), or set [network] input = {list(images)}")
+    elif spec_channels != channels:
+        # A network built for large images (ImageNet's) may run on smaller ones of its own
+        # channel count: that keeps the spec, where changing its channels would not.
+        small = [(s, s) for s in (32, 64, 96) if s < min(input_shape[1:])
+                 and builds((spec_channels, s, s))]
+        if small:
+            size = f"{small[0][0]}x{small[0][1]}"
+            fixes.append(f"train it on a {spec_channels}-channel data set at a size it allows, "
+                         f"e.g. dataset = \"shape-classes\" or --data a CIFAR-10 or image "
+                         f"folder, with --input {size}")
+        if builds(images):
+            fixes.append(f"set [network] input = {list(images)} (it builds at that shape)")
+    if not fixes:
+        return (f"network '{name}' does not build at {list(images)}; use a data set of "
+                f"{tuple(input_shape)} images (an .npz or image folder: images are resized)")
+    return "; or ".join(fixes)
+
+
 def check_fit(network: Network, data: Dataset) -> None:
     """Refuse a data set whose labels the network's output cannot represent."""
     out = tuple(network.graph.output.output_shape)
@@ -178,13 +213,18 @@ class Trainer:
     ``epochs``, ``batch_size``, ``lr`` and ``seed`` override the table's keys; ``threads`` fixes
     the kernels' thread count; ``data_dir`` is ``--data``; ``out`` the run folder;
     ``checkpoint_every`` the steps between checkpoints; ``verbose`` prints progress and
-    summaries to stdout.
+    summaries to stdout; ``input_size`` ``(height, width)`` builds the network at another size
+    than the spec's input (``--input HxW``: where every layer allows it, e.g. with global
+    pooling), and the checkpoints remember it.
     """
 
     def __init__(self, spec, *, epochs=None, batch_size=None, lr=None, seed=None, threads=None,
-                 data_dir=None, out=None, checkpoint_every: int = 200, verbose: bool = True):
-        source, self.spec_text = _spec_source(spec)
-        self.graph = load_graph(source)
+                 data_dir=None, out=None, checkpoint_every: int = 200, verbose: bool = True,
+                 input_size=None):
+        self.source, self.spec_text = _spec_source(spec)
+        self.graph = load_graph(self.source)
+        if input_size is not None:
+            self.graph = load_graph(self.source, _input_shape(self.graph, input_size))
         self.overrides = {k: v for k, v in zip(OVERRIDABLE, (epochs, batch_size, lr, seed),
                                                strict=True) if v is not None}
         self.settings = {**self.graph.training, **self.overrides}
@@ -200,6 +240,9 @@ class Trainer:
         self.history: list[dict] = []
         self.best_epoch: int | None = None
         self.val_data: Dataset | None = None
+
+    def _fix(self, images) -> str:
+        return input_fix(self.source, self.graph.name, self.graph.input_shape, images)
 
     def log(self, message: str) -> None:
         if self.verbose:
@@ -220,6 +263,7 @@ class Trainer:
             "dropout_rng": self.network.dropout_rng.bit_generator.state,
             "classes": list(self.train_data.classes), "spec_name": self.graph.name,
             "segmentation": self.train_data.segmentation, "best_epoch": self.best_epoch,
+            "input_shape": list(self.graph.input_shape),
         }
         state = self.network.state_dict()
         params = {k: state[k] for k in self.network.params}
@@ -243,7 +287,8 @@ class Trainer:
                              **self.overrides}
         settings = self.settings
         train_data, self.test_data = load_dataset(
-            settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"])
+            settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"],
+            self._fix)
         self.train_data, self.val_data = validation_split(train_data, settings["validation"],
                                                           settings["seed"])
         del train_data
@@ -389,10 +434,19 @@ def train(spec, resume=None, **options) -> dict:
     return Trainer(spec, **options).fit(resume)
 
 
+def _input_shape(graph, input_size) -> tuple[int, ...]:
+    """The spec's input with ``(height, width)`` = ``input_size``."""
+    if len(graph.input_shape) != 3:
+        raise DeclcnnError(f"network '{graph.name}': --input sets an image's height and width, "
+                           f"but the input is {tuple(graph.input_shape)}; leave --input out.")
+    return (graph.input_shape[0], *(int(v) for v in input_size))
+
+
 def _network_from(spec, weights) -> tuple[Network, Checkpoint]:
     source, _ = _spec_source(spec)
-    network = Network(load_graph(source))
     checkpoint = load_checkpoint(weights)
+    stored = checkpoint.meta.get("input_shape")
+    network = Network(load_graph(source, tuple(stored) if stored else None))
     checkpoint.restore(network)
     network.eval()
     return network, checkpoint
