@@ -38,7 +38,7 @@ DEFAULTS = {
 ALIASES = {"learning_rate": "lr", "l2": "weight_decay", "decay": "weight_decay",
            "criterion": "loss", "random_seed": "seed"}
 
-BUILTIN_DATASETS = ("fashion-mnist", "shapes", "shape-classes")
+BUILTIN_DATASETS = ("fashion-mnist", "shapes", "shapes-foreground", "shape-classes")
 AUGMENTATIONS = ("flip", "crop", "shift")
 
 # Keys that only mean something for some settings of another key: setting them otherwise is

@@ -98,6 +98,17 @@ def validation_split(data: Dataset, validation, seed: int) -> tuple[Dataset, Dat
     return split_validation(data, validation, seed)
 
 
+def crop_masks(y: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Masks ``(N, H, W)`` cut to their centre ``size`` ``(h, w)`` (the floor of half the
+    difference off the top and left): the pixels an unpadded network's output covers, as in the
+    U-Net paper's overlap-tile strategy.  The masks themselves when they are that size."""
+    height, width = y.shape[1:]
+    if (height, width) == tuple(size):
+        return y
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    return np.ascontiguousarray(y[:, top:top + size[0], left:left + size[1]])
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The permutation of ``n`` samples used in ``epoch`` (from 0)."""
     return np.random.default_rng([seed, _ORDER_STREAM, epoch]).permutation(n)

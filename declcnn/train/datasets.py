@@ -218,10 +218,16 @@ def make_shapes(n: int, size: tuple[int, int], channels: int = 1, seed: int = 0,
                    f"procedural shapes: {n} images {height}×{width}, seed {seed}")
 
 
-def load_shapes(input_shape, seed: int = 0, n_train: int = 2000,
-                n_test: int = 400) -> tuple[Dataset, Dataset]:
-    """Training and held-out shape sets at the network's input size (held-out: another seed)."""
+def load_shapes(input_shape, seed: int = 0, n_train: int | None = None,
+                n_test: int | None = None) -> tuple[Dataset, Dataset]:
+    """Training and held-out shape sets at the network's input size (held-out: another seed).
+
+    By default 2000 and 400 images up to 64×64, fewer above (as many pixels as 2000 of 64×64,
+    at least 100 images), so a large input (U-Net's) does not need gigabytes."""
     channels, height, width = _image_shape(input_shape, "shapes")
+    if n_train is None:
+        n_train = min(2000, max(100, round(2000 * 64 * 64 / (height * width))))
+    n_test = n_train // 5 if n_test is None else n_test
     train = make_shapes(n_train, (height, width), channels, seed=seed)
     test = make_shapes(n_test, (height, width), channels, seed=seed + 1_000_003)
     return train, test
@@ -411,6 +417,13 @@ def load_dataset(dataset: str, input_shape, data_dir=None, seed: int = 0,
         return train, test
     if dataset == "shapes":
         return load_shapes(input_shape, seed=seed)
+    if dataset == "shapes-foreground":  # two classes: background, and any shape
+        train, test = load_shapes(input_shape, seed=seed)
+        for split in (train, test):
+            split.y = (split.y > 0).astype(np.int64)
+            split.classes, split.name = ("background", "shape"), "shapes-foreground"
+            split.description = split.description.replace("shapes", "shapes (foreground)", 1)
+        return train, test
     if dataset == "shape-classes":
         return load_shape_classes(input_shape, seed=seed)
     path = Path(dataset)

@@ -41,6 +41,7 @@ from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .data import (
     Normalizer,
     batches,
+    crop_masks,
     epoch_order,
     steps_per_epoch,
     training_batch,
@@ -118,11 +119,12 @@ def check_fit(network: Network, data: Dataset) -> None:
     where = f"network '{network.graph.name}'"
     labels = int(data.y.max(initial=0)) + 1
     if data.segmentation:
-        if len(out) != 3 or out[1:] != data.y.shape[1:]:
+        if len(out) != 3 or out[1] > data.y.shape[1] or out[2] > data.y.shape[2]:
             raise DataError(f"{where}: the data set '{data.name}' has masks of size "
                             f"{data.y.shape[1:]} per image, so the output must be (classes, "
-                            f"{data.y.shape[1]}, {data.y.shape[2]}); it is {out}. Make the "
-                            f"spec's last layer a per-pixel classifier of that size.")
+                            f"{data.y.shape[1]}, {data.y.shape[2]}) or smaller (an unpadded "
+                            f"network's masks are centre-cropped to its output); it is {out}. "
+                            f"Make the spec's last layer a per-pixel classifier of that size.")
     elif len(out) != 1:
         raise DataError(f"{where}: the data set '{data.name}' has one label per image, so the "
                         f"output must be (classes,); it is {out}. End the spec with a flatten "
@@ -157,6 +159,8 @@ def evaluate_network(network: Network, data: Dataset, normalizer: Normalizer, se
     ignore = settings["ignore_index"]
     for x, y in batches(data, batch_size, normalizer):
         output = network.forward(x)
+        if data.segmentation:
+            y = crop_masks(y, output.shape[2:])
         loss, _ = compute_loss(settings["loss"], output, y, ignore)
         loss_sum += loss * len(x)
         weight += len(x)
@@ -362,6 +366,8 @@ class Trainer:
             for b in range(first, per_epoch):
                 x, y = training_batch(data, order, b, batch_size, self.normalizer, seed, e,
                                       settings["augment"], ignore)
+                if data.segmentation:  # after augmenting, which moves image and mask together
+                    y = crop_masks(y, self.graph.output.output_shape[1:])
                 loss = self._step(x, y, step, per_epoch, e, b)
                 step += 1
                 correct, counted = correct_predictions(self._output, y, ignore)
