@@ -297,6 +297,18 @@ def _npz_labels(path: Path, key: str, y, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def from_arrays(x, y, input_shape, what: str = "arrays", classes=None) -> Dataset:
+    """A :class:`Dataset` of numpy arrays (``Trainer.fit(x, y)``): ``x`` ``(N, C, H, W)`` (or
+    ``(N, H, W)`` for one channel), ``uint8`` or numbers; ``y`` class indices per sample or
+    per pixel; checked as an ``.npz``'s arrays are."""
+    images = _npz_images(what, "x", x, input_shape)
+    labels = _npz_labels(what, "y", y, len(images))
+    if classes is None:
+        classes = tuple(str(i) for i in range(int(labels.max(initial=0)) + 1))
+    return Dataset(images, labels, tuple(str(c) for c in classes), what,
+                   f"{what}: {len(images)} samples")
+
+
 def load_npz(path, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
     """An ``.npz`` with ``x`` and ``y`` (and optionally ``x_test``, ``y_test``; otherwise 10% of
     the samples, chosen by ``seed``, are held out).  Optional ``classes``: the class names."""

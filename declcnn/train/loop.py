@@ -47,7 +47,7 @@ from .data import (
     training_batch,
     validation_split,
 )
-from .datasets import Dataset, load_dataset, read_image
+from .datasets import Dataset, from_arrays, load_dataset, read_image
 from .losses import compute_loss
 from .metrics import confusion_matrix, correct_predictions, summarise
 from .optimizers import make_optimizer
@@ -67,7 +67,12 @@ class TrainingInterrupted(Exception):
 
 
 def _spec_source(spec) -> tuple[object, str]:
-    """(what load_graph takes, the spec's text) for a path or a spec's text."""
+    """(what load_graph takes, the spec's text) for a path, a spec's text or a spec as a
+    dict (as ``tomllib`` reads one)."""
+    if isinstance(spec, dict):
+        from ..spec.emit import dumps
+
+        spec = dumps(spec)
     if isinstance(spec, str) and "\n" in spec:
         return spec, spec
     path = Path(spec)
@@ -275,8 +280,15 @@ class Trainer:
         return Checkpoint(params, buffers, self.optimizer.state_dict(), self.spec_text, meta,
                           self.normalizer.mean, self.normalizer.std)
 
-    def fit(self, resume=None) -> dict:
+    def fit(self, x=None, y=None, *, x_val=None, y_val=None, x_test=None, y_test=None,
+            classes=None, resume=None) -> dict:
         """Train; ``resume`` is a checkpoint path, or True for the run folder's ``last.npz``.
+
+        With numpy arrays ``x``, ``y`` the network trains on them instead of the spec's data
+        set (``x`` ``(N, C, H, W)``, or ``(N, H, W)`` for one channel; ``y`` class indices);
+        ``x_val``, ``y_val`` are the validation split (otherwise ``[training] validation`` of
+        ``x``), ``x_test``, ``y_test`` a test split scored once at the end (otherwise none);
+        ``classes`` names the classes.
 
         Returns ``{"history", "best", "best_epoch", "test", "last", "best_path", "run_dir"}``
         (``test``: the test split's metrics with the best weights).  Raises
@@ -290,18 +302,31 @@ class Trainer:
             self.settings = {**self.graph.training, **checkpoint.meta.get("settings", {}),
                              **self.overrides}
         settings = self.settings
-        train_data, self.test_data = load_dataset(
-            settings["dataset"], self.graph.input_shape, self.data_dir, settings["seed"],
-            self._fix)
-        self.train_data, self.val_data = validation_split(train_data, settings["validation"],
-                                                          settings["seed"])
+        shape = self.graph.input_shape
+        if x is not None:
+            train_data = from_arrays(x, y, shape, "fit(x, y)", classes)
+            self.test_data = (None if x_test is None else
+                              from_arrays(x_test, y_test, shape, "fit(x_test, y_test)",
+                                          train_data.classes))
+        else:
+            train_data, self.test_data = load_dataset(settings["dataset"], shape, self.data_dir,
+                                                      settings["seed"], self._fix)
+        if x_val is not None:
+            self.train_data = train_data
+            self.val_data = from_arrays(x_val, y_val, shape, "fit(x_val, y_val)",
+                                        train_data.classes)
+            self.val_data.description = f"validation: {len(self.val_data)} samples (x_val)"
+        else:
+            self.train_data, self.val_data = validation_split(
+                train_data, settings["validation"], settings["seed"])
         del train_data
         for note in self.train_data.notes:
             self.log(f"note: {note}")
         held = (self.val_data.description if self.val_data is not None else
                 "no validation split (validation = 0): best.npz is the last epoch")
-        self.log(f"data: {self.train_data.description}; {held}; test (scored once, at the "
-                 f"end): {self.test_data.description}")
+        tested = ("no test split" if self.test_data is None else
+                  f"test (scored once, at the end): {self.test_data.description}")
+        self.log(f"data: {self.train_data.description}; {held}; {tested}")
         self.network = Network(self.graph, seed=settings["seed"])
         check_fit(self.network, self.train_data)
         if settings["loss"] == "cross_entropy" and self.graph.output.type == "softmax":
@@ -337,9 +362,11 @@ class Trainer:
                 "test": test, "last": self.last_path, "best_path": self.best_path,
                 "run_dir": self.run_dir}
 
-    def _score_test(self) -> dict:
+    def _score_test(self) -> dict | None:
         """Score the test split once with ``best.npz`` (``last.npz`` if no epoch had a finite
-        validation result) and write ``test.json``."""
+        validation result) and write ``test.json``; None without a test split."""
+        if self.test_data is None:
+            return None
         weights = self.best_path if self.best_epoch is not None else self.last_path
         network = Network(self.graph)
         load_checkpoint(weights).restore(network)
@@ -414,6 +441,17 @@ class Trainer:
             if stop.is_set():
                 raise TrainingInterrupted(self.last_path, step)
         return best
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, classes)`` (per pixel for segmentation) of the trained
+        network for samples ``x`` (``(N, C, H, W)`` or ``(N, H, W)``), normalised as in
+        training: ``uint8`` scaled by 1/255, then the training set's mean and std."""
+        if self.network is None:
+            raise TrainingError("predict: the network is not trained yet; call fit() first.")
+        images = from_arrays(x, np.zeros(len(x), np.int64), self.graph.input_shape,
+                             "predict(x)").x
+        self.network.eval()
+        return softmax(self.network.forward(self.normalizer(images)), axis=1)
 
     def _step(self, x, y, step, per_epoch, epoch, batch) -> float:
         settings = self.settings
@@ -516,7 +554,8 @@ def _save_mask(mask: np.ndarray, path: Path) -> None:
 
 
 def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
-    """Classify (or segment) image files (PNG, JPEG…) or ``.npy`` arrays.
+    """Classify (or segment) image files (PNG, JPEG…) or ``.npy`` arrays, or the samples of
+    one numpy array ``(N, C, H, W)`` (then each result's ``input`` is ``"sample i"``).
 
     Classification: per input ``{"input", "top": [{"class", "index", "probability"}…]}`` with the
     ``top_k`` most probable classes.  Segmentation: ``{"input", "mask", "classes"}`` with the
@@ -525,10 +564,15 @@ def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
     network, checkpoint = _network_from(spec, weights)
     normalizer = Normalizer(checkpoint.mean, checkpoint.std)
     classes = checkpoint.meta.get("classes") or []
-    paths = [Path(p) for p in inputs]
-    # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
-    batch = np.concatenate([normalizer(_read_input(p, network.graph.input_shape)[None])
-                            for p in paths])
+    if isinstance(inputs, np.ndarray):  # samples, normalised as in training
+        batch = normalizer(from_arrays(inputs, np.zeros(len(inputs), np.int64),
+                                       network.graph.input_shape, "predict(inputs)").x)
+        paths = [Path(f"sample {i}") for i in range(len(batch))]
+    else:
+        paths = [Path(p) for p in inputs]
+        # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
+        batch = np.concatenate([normalizer(_read_input(p, network.graph.input_shape)[None])
+                                for p in paths])
     probabilities = softmax(network.forward(batch), axis=1)
 
     def name(index: int) -> str:
