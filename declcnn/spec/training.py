@@ -32,6 +32,10 @@ DEFAULTS = {
     "augment": [],
     "normalize": True,
     "validation": 0.1,
+    "label_smoothing": 0.0,
+    "clip_grad_norm": 0.0,
+    "early_stopping": 0,
+    "plateau_patience": 2,
 }
 
 # Names other tools use for our keys, too far from them for difflib to suggest.
@@ -49,7 +53,9 @@ APPLIES_TO = {
     "betas": ("optimizer", ("adam", "adamw")),
     "eps": ("optimizer", ("adam", "adamw")),
     "step_size": ("schedule", ("step",)),
-    "gamma": ("schedule", ("step",)),
+    "gamma": ("schedule", ("step", "plateau")),
+    "plateau_patience": ("schedule", ("plateau",)),
+    "label_smoothing": ("loss", ("cross_entropy",)),
 }
 
 
@@ -144,7 +150,7 @@ CHECKS = {
     "weight_decay": _number(0.0),
     "betas": _betas,
     "eps": _number(0.0, low_open=True),
-    "schedule": _choice(("none", "step", "cosine")),
+    "schedule": _choice(("none", "step", "cosine", "plateau")),
     "step_size": _integer(1, 10**6),
     "gamma": _number(0.0, low_open=True),
     "warmup_epochs": _integer(0, 10**6),
@@ -154,6 +160,10 @@ CHECKS = {
     "augment": _augment,
     "normalize": _boolean,
     "validation": _validation,
+    "label_smoothing": _number(0.0, 1.0, high_open=True),
+    "clip_grad_norm": _number(0.0),
+    "early_stopping": _integer(0, 10**6),
+    "plateau_patience": _integer(0, 10**6),
 }
 
 
@@ -218,6 +228,11 @@ def check_training(table, spec_file: str | None, report) -> dict:
     if result["nesterov"] and result["momentum"] == 0:
         report("Nesterov momentum needs momentum > 0; set momentum (e.g. 0.9) or nesterov = "
                "false.", "nesterov")
+    for key, used in (("early_stopping", result["early_stopping"] > 0),
+                      ("schedule", result["schedule"] == "plateau")):
+        if used and result["validation"] == 0:
+            report(f"{key} = {show(table[key])} watches the validation score, but validation = "
+                   f"0 holds none out; set validation (e.g. 0.1) or remove {key}.", key)
     if result["warmup_epochs"] > result["epochs"]:
         report(f"{result['warmup_epochs']} warm-up epochs exceed the {result['epochs']} epochs of "
                f"training; lower warmup_epochs or raise epochs.", "warmup_epochs")

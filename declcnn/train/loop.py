@@ -53,7 +53,7 @@ from .metrics import confusion_matrix, correct_predictions, summarise
 from .optimizers import make_optimizer
 from .plots import plot_history
 from .progress import ProgressBar, duration
-from .schedules import learning_rate
+from .schedules import learning_rate, plateau_scale
 
 OVERRIDABLE = ("epochs", "batch_size", "lr", "seed")
 
@@ -138,6 +138,17 @@ def check_fit(network: Network, data: Dataset) -> None:
         raise DataError(f"{where}: the data set '{data.name}' has {labels} classes "
                         f"(labels 0..{labels - 1}) but the output gives {out[0]} scores; set the "
                         f"last layer's outputs to {labels}.")
+
+
+def clip_gradients(grads: dict, max_norm: float) -> float:
+    """Scale ``grads`` in place so their joint L2 norm is at most ``max_norm`` (by
+    ``max_norm / (norm + 1e-6)``, as PyTorch's ``clip_grad_norm_``); returns the norm before."""
+    norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads.values()))
+    scale = max_norm / (norm + 1e-6)
+    if scale < 1:
+        for g in grads.values():
+            g *= np.float32(scale)
+    return norm
 
 
 def first_non_finite(network: Network, x: np.ndarray) -> str:
@@ -249,6 +260,8 @@ class Trainer:
         self.history: list[dict] = []
         self.best_epoch: int | None = None
         self.val_data: Dataset | None = None
+        self.cycle_start = 0  # the epoch the schedule restarted at (a finished run extended)
+        self._lr_scale = 1.0  # the plateau schedule's factor
 
     def _fix(self, images) -> str:
         return input_fix(self.source, self.graph.name, self.graph.input_shape, images)
@@ -272,7 +285,7 @@ class Trainer:
             "dropout_rng": self.network.dropout_rng.bit_generator.state,
             "classes": list(self.train_data.classes), "spec_name": self.graph.name,
             "segmentation": self.train_data.segmentation, "best_epoch": self.best_epoch,
-            "input_shape": list(self.graph.input_shape),
+            "input_shape": list(self.graph.input_shape), "cycle_start": self.cycle_start,
         }
         state = self.network.state_dict()
         params = {k: state[k] for k in self.network.params}
@@ -346,9 +359,21 @@ class Trainer:
             meta = checkpoint.meta
             epoch, step, best = meta["epoch"], meta["step"], meta["best"]
             self.best_epoch = meta.get("best_epoch")
+            self.cycle_start = meta.get("cycle_start", 0)
             running, self.history = meta["running"], meta["history"]
             self.log(f"resuming {checkpoint.path} at epoch {epoch + 1}, step {step} "
                      f"(saved with {meta['threads']} threads; now {get_num_threads()})")
+            planned = meta.get("settings", {}).get("epochs", epoch)
+            if epoch >= planned and settings["epochs"] > epoch:
+                # A finished run given more epochs: its schedule had ended (cosine at lr ≈ 0),
+                # so it restarts over the added epochs (a warm restart, as in SGDR).
+                self.cycle_start = epoch
+                self.log(f"the run had finished its {planned} epochs; the '{settings['schedule']}'"
+                         f" schedule restarts from lr = {settings['lr']:g} for epochs "
+                         f"{epoch + 1}-{settings['epochs']}")
+            elif epoch >= settings["epochs"]:
+                self.log(f"the run has finished its {epoch} epochs; pass --epochs N (more than "
+                         f"{epoch}) to continue it")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = self.run_dir / "metrics.jsonl"
         metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.history))
@@ -379,12 +404,46 @@ class Trainer:
         self.log(f"test ({len(self.test_data)} samples, {which}): {_scores_text(result)}")
         return result
 
+    def _lr(self, step: int, per_epoch: int) -> float:
+        """The learning rate of ``step``: the schedule, restarted at ``cycle_start`` when a
+        finished run was extended, times the plateau schedule's factor."""
+        settings = self.settings
+        if self.cycle_start:
+            settings = {**settings, "epochs": settings["epochs"] - self.cycle_start,
+                        "warmup_epochs": 0}
+            step -= self.cycle_start * per_epoch
+        return learning_rate(step, settings, per_epoch) * self._lr_scale
+
+    def _plateau(self) -> float:
+        settings = self.settings
+        if settings["schedule"] != "plateau":
+            return 1.0
+        scores = [r.get("val_mean_iou", r.get("val_accuracy")) if math.isfinite(
+            r.get("val_loss", math.nan)) else None for r in self.history]
+        return plateau_scale(scores, settings["plateau_patience"], settings["gamma"])
+
+    def _stops_early(self, epoch: int) -> bool:
+        """Whether ``early_stopping`` epochs have passed without a better validation score."""
+        patience = self.settings["early_stopping"]
+        if not patience or self.val_data is None or epoch == 0:
+            return False
+        since = epoch - (self.best_epoch or 0)
+        if since < patience:
+            return False
+        self.log(f"early stopping after epoch {epoch}: {since} epochs without a better "
+                 f"validation score (early_stopping = {patience}); best.npz is epoch "
+                 f"{self.best_epoch}")
+        return True
+
     def _epochs(self, epoch, step, running, best, stop, metrics_path):
         settings, data = self.settings, self.train_data
         batch_size, epochs, seed = settings["batch_size"], settings["epochs"], settings["seed"]
         per_epoch = steps_per_epoch(len(data), batch_size)
         ignore = settings["ignore_index"]
         for e in range(epoch, epochs):
+            self._lr_scale = self._plateau()
+            if step == e * per_epoch and self._stops_early(e):
+                break
             order = epoch_order(len(data), seed, e)
             first = step - e * per_epoch
             bar = ProgressBar(f"epoch {e + 1}/{epochs}", per_epoch, first, enabled=self.verbose)
@@ -422,7 +481,7 @@ class Trainer:
                 shown = f" | validation {_scores_text(val)}"
             else:
                 improved, shown = True, ""
-            record.update(lr=learning_rate(step - 1, settings, per_epoch),
+            record.update(lr=self._lr(step - 1, per_epoch),
                           seconds=time.perf_counter() - started)
             self.history.append(record)
             if improved:
@@ -457,7 +516,8 @@ class Trainer:
         settings = self.settings
         self.network.zero_grad()
         output = self.network.forward(x)
-        loss, grad = compute_loss(settings["loss"], output, y, settings["ignore_index"])
+        loss, grad = compute_loss(settings["loss"], output, y, settings["ignore_index"],
+                                  settings["label_smoothing"])
         if not math.isfinite(loss):
             where = first_non_finite(self.network, x)
             kept = (f"the last good checkpoint is {self.last_path}" if self.last_path.exists()
@@ -465,10 +525,12 @@ class Trainer:
             raise TrainingError(
                 f"step {step + 1} (epoch {epoch + 1}, batch {batch + 1}): the loss is {loss}; "
                 f"{where}. Training stopped; {kept}. Lower the learning rate (lr = "
-                f"{learning_rate(step, settings, per_epoch):g} at this step), add warm-up "
+                f"{self._lr(step, per_epoch):g} at this step), add warm-up "
                 f"(warmup_epochs) or check the data for non-finite values.")
         self.network.backward(grad, input_grad=False)
-        self.optimizer.step(self.network.grads, learning_rate(step, settings, per_epoch))
+        if settings["clip_grad_norm"]:
+            clip_gradients(self.network.grads, settings["clip_grad_norm"])
+        self.optimizer.step(self.network.grads, self._lr(step, per_epoch))
         self._output = output
         return loss
 
