@@ -158,3 +158,58 @@ def test_shape_classes_at_any_size():
     assert train.x.shape == (1200, 3, 32, 24) and len(test) == 300
     assert train.classes == ("circle", "square", "triangle")
     assert np.bincount(train.y).min() > 300
+
+
+POOLED = """
+[network]
+name = "pooled"
+input = [1, 8, 8]
+
+[[layers]]
+name = "conv"
+type = "conv2d"
+out_channels = 6
+kernel = 3
+padding = 1
+
+[[layers]]
+name = "relu"
+type = "relu"
+
+[[layers]]
+name = "pool"
+type = "global_maxpool"
+
+[[layers]]
+name = "flat"
+type = "flatten"
+
+[[layers]]
+name = "fc"
+type = "linear"
+out_features = 3
+
+[training]
+dataset = "tiny.npz"
+optimizer = "adam"
+lr = 0.02
+batch_size = 16
+epochs = 2
+"""
+
+
+def test_predict_runs_at_the_sizes_the_network_allows(tmp_path):
+    write_tiny(tmp_path)
+    spec = tmp_path / "pooled.toml"
+    spec.write_text(POOLED)
+    Trainer(spec, out=tmp_path / "run", threads=1, verbose=False).fit()
+    np.save(tmp_path / "wide.npy", np.full((12, 10), 30, np.uint8))
+    out = predict(spec, tmp_path / "run" / "best.npz", [tmp_path / "wide.npy"])
+    assert abs(sum(t["probability"] for t in out[0]["top"]) - 1) < 1e-6
+    flat = write_tiny(tmp_path, epochs=1)
+    Trainer(flat, out=tmp_path / "flat", threads=1, verbose=False).fit()
+    with pytest.raises(DataError, match=r"wide\.npy: the array has shape \(12, 10\) but the "
+                                        r"network takes \(1, 8, 8\); at 12×10 parameter "
+                                        r"'fc\.weight' would be \(3, 120\), but it was trained "
+                                        r"as \(3, 64\)"):
+        predict(flat, tmp_path / "flat" / "best.npz", [tmp_path / "wide.npy"])

@@ -587,10 +587,12 @@ def evaluate(spec, weights, data_dir=None, batch_size: int = 256, split: str = "
     return result
 
 
-def _read_input(path: Path, input_shape) -> np.ndarray:
-    """An image file or ``.npy`` as one sample of the network's input shape."""
+def _read_input(path: Path, input_shape) -> tuple[np.ndarray, tuple]:
+    """An image file (resized to the network's input) or ``.npy`` (kept at its own height and
+    width: the network may run at another size) as one sample, and the shape it was stored
+    in."""
     if path.suffix.lower() != ".npy":
-        return read_image(path, input_shape)
+        return read_image(path, input_shape), tuple(input_shape)
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as err:
@@ -598,11 +600,49 @@ def _read_input(path: Path, input_shape) -> np.ndarray:
     stored = array.shape
     if array.ndim == len(input_shape) - 1 and input_shape[0] == 1:
         array = array[None]  # a grey image without its channel axis
-    if tuple(array.shape) != tuple(input_shape):
+    if array.ndim != len(input_shape) or (len(input_shape) == 1 and array.shape != input_shape) \
+            or array.shape[0] != input_shape[0]:
         raise DataError(f"{path}: the array has shape {stored} but the network takes "
                         f"{tuple(input_shape)}; save it in that shape (an image file would be "
                         f"resized instead).")
-    return array if array.dtype == np.uint8 else array.astype(np.float32)
+    return (array if array.dtype == np.uint8 else array.astype(np.float32)), stored
+
+
+class _SizedNetworks:
+    """The network of one spec and checkpoint at each input size asked for: built (shapes
+    re-inferred and checked) where every layer allows that size and the trained parameters
+    fit it — fully convolutional nets, global pooling, SPP."""
+
+    def __init__(self, spec, network: Network, checkpoint: Checkpoint):
+        self.source, _ = _spec_source(spec)
+        self.checkpoint = checkpoint
+        self.networks = {tuple(network.graph.input_shape): network}
+        self.trained = tuple(network.graph.input_shape)
+
+    def at(self, shape: tuple, path: Path, stored: tuple) -> Network:
+        if shape in self.networks:
+            return self.networks[shape]
+        refused = (f"{path}: the array has shape {stored} but the network takes "
+                   f"{self.trained}")
+        try:
+            graph = load_graph(self.source, shape)
+        except DeclcnnError as err:
+            first = str(err).splitlines()[0]
+            raise DataError(f"{refused}; it does not run at {shape[1]}×{shape[2]} ({first}). "
+                            f"Save the array at {self.trained[1]}×{self.trained[2]} (an image "
+                            f"file would be resized instead).") from None
+        network = Network(graph)
+        for name, value in self.checkpoint.params.items():
+            if name in network.params and network.params[name].shape != value.shape:
+                raise DataError(f"{refused}; at {shape[1]}×{shape[2]} parameter '{name}' would "
+                                f"be {network.params[name].shape}, but it was trained as "
+                                f"{value.shape} (the layer's size depends on the input's). Save "
+                                f"the array at {self.trained[1]}×{self.trained[2]} (an image "
+                                f"file would be resized instead).")
+        self.checkpoint.restore(network)
+        network.eval()
+        self.networks[shape] = network
+        return network
 
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:
@@ -630,12 +670,16 @@ def predict(spec, weights, inputs, top_k: int = 3, out=None) -> list[dict]:
         batch = normalizer(from_arrays(inputs, np.zeros(len(inputs), np.int64),
                                        network.graph.input_shape, "predict(inputs)").x)
         paths = [Path(f"sample {i}") for i in range(len(batch))]
+        probabilities = list(softmax(network.forward(batch), axis=1))
     else:
         paths = [Path(p) for p in inputs]
-        # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
-        batch = np.concatenate([normalizer(_read_input(p, network.graph.input_shape)[None])
-                                for p in paths])
-    probabilities = softmax(network.forward(batch), axis=1)
+        sized = _SizedNetworks(spec, network, checkpoint)
+        probabilities = []
+        for path in paths:
+            # Normalised one by one: bytes are scaled by 1/255, float arrays are not.
+            sample, stored = _read_input(path, network.graph.input_shape)
+            runner = sized.at(tuple(sample.shape), path, stored)
+            probabilities.append(softmax(runner.forward(normalizer(sample[None])), axis=1)[0])
 
     def name(index: int) -> str:
         return classes[index] if index < len(classes) else str(index)
