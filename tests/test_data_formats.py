@@ -213,3 +213,12 @@ def test_predict_runs_at_the_sizes_the_network_allows(tmp_path):
                                         r"'fc\.weight' would be \(3, 120\), but it was trained "
                                         r"as \(3, 64\)"):
         predict(flat, tmp_path / "flat" / "best.npz", [tmp_path / "wide.npy"])
+
+
+def test_generated_sets_keep_their_pixel_budget_at_large_sizes():
+    from declcnn.train.datasets import load_shape_classes, load_shapes
+
+    train, test = load_shape_classes((3, 160, 160), n_train=None)
+    assert (len(train), len(test)) == (200, 50)
+    train, test = load_shapes((1, 256, 256))
+    assert (len(train), len(test)) == (125, 25)

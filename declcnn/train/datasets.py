@@ -233,11 +233,15 @@ def load_shapes(input_shape, seed: int = 0, n_train: int | None = None,
     return train, test
 
 
-def load_shape_classes(input_shape, seed: int = 0, n_train: int = 1200,
-                       n_test: int = 300) -> tuple[Dataset, Dataset]:
+def load_shape_classes(input_shape, seed: int = 0, n_train: int | None = None,
+                       n_test: int | None = None) -> tuple[Dataset, Dataset]:
     """One shape per image, its class the label (circle, square, triangle): a classification
-    set generated at any input size and channel count (held-out: another seed)."""
+    set generated at any input size and channel count (held-out: another seed).  By default
+    1200 and 300 images up to 64×64, fewer above (as many pixels, at least 200 images)."""
     channels, height, width = _image_shape(input_shape, "shape-classes")
+    if n_train is None:
+        n_train = min(1200, max(200, round(1200 * 64 * 64 / (height * width))))
+    n_test = n_train // 4 if n_test is None else n_test
     splits = []
     for n, offset in ((n_train, 0), (n_test, 1_000_003)):
         shapes = make_shapes(n, (height, width), channels, seed=seed + offset, max_shapes=1)
