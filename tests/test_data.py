@@ -185,10 +185,11 @@ def test_image_folder(tmp_path, rng):
         load_dataset(str(tmp_path / "nothing"), (1, 6, 6))
 
 
-def test_shapes_dataset_refuses_data_dir():
-    with pytest.raises(DataError, match=r"the shapes data set is generated, not read: --data "
-                                        r"/tmp/x does not apply"):
-        load_dataset("shapes", (1, 16, 16), data_dir="/tmp/x")
+def test_data_dir_replaces_any_dataset(tmp_path, rng):
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 256, (20, 16, 16), np.uint8),
+             y=np.arange(20) % 2)
+    train, _ = load_dataset("shapes", (1, 16, 16), data_dir=tmp_path / "d.npz")
+    assert not train.segmentation and train.notes[0].startswith(f"--data {tmp_path / 'd.npz'}")
 
 
 def _naive_translate(x, offset_y, offset_x, margin, mode):

@@ -86,7 +86,8 @@ def test_stale_temporary_files_are_removed_on_start(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"note: removed 1 temporary file(s) left in {run} by an interrupted write." in \
         result.output
-    assert "note: batch_size 512 is larger than the 270 training samples; each epoch is one " \
+    # 270 training samples less 27 held out for validation
+    assert "note: batch_size 512 is larger than the 243 training samples; each epoch is one " \
            "batch of them." in result.output
     assert not (run / ".last.npz.k2j4.tmp").exists() and (run / "keep.tmp").exists()
 

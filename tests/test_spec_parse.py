@@ -628,7 +628,7 @@ TRAINING_PROBLEMS = {
     'loss = "mae"': "key 'loss': 'mae' is not a choice; did you mean 'mse'?",
     "loss = 3": "key 'loss': must be one of 'cross_entropy', 'mse'; got 3 (an integer).",
     'schedule = "linear"': "key 'schedule': 'linear' is not a choice; valid choices: 'none', "
-                           "'step', 'cosine'.",
+                           "'step', 'cosine', 'plateau'.",
     'augment = ["flip", "flip"]': "key 'augment': lists an augmentation twice; got [\"flip\", "
                                   "\"flip\"].",
     'augment = "flip"': "key 'augment': must be an array of names from 'flip', 'crop', 'shift'; "

@@ -64,8 +64,9 @@ def test_spec_builds_with_published_shape_and_parameters(name):
 def test_lenet_and_unet_small_carry_their_training_tables():
     lenet = graph_of("lenet").training
     assert (lenet["dataset"], lenet["optimizer"], lenet["lr"], lenet["momentum"],
-            lenet["schedule"], lenet["batch_size"], lenet["epochs"]) == (
-        "fashion-mnist", "sgd", 0.02, 0.9, "cosine", 64, 15)
+            lenet["schedule"], lenet["batch_size"], lenet["epochs"], lenet["weight_decay"],
+            lenet["augment"]) == ("fashion-mnist", "sgd", 0.02, 0.9, "cosine", 64, 20, 0.0005,
+                                  ["flip"])
     assert graph_of("unet_small").training["dataset"] == "shapes"
 
 

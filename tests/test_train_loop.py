@@ -7,7 +7,8 @@ import pytest
 
 from declcnn.errors import CheckpointError, DataError, TrainingError
 from declcnn.train import Trainer, evaluate, load_checkpoint, predict
-from declcnn.train.data import epoch_order
+from declcnn.train.data import epoch_order, split_validation
+from declcnn.train.datasets import Dataset
 
 TINY = """
 [network]
@@ -106,14 +107,15 @@ def test_training_learns_and_writes_the_run_folder(tmp_path):
     result = Trainer(spec, out=tmp_path / "run", threads=1, verbose=False).fit()
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["best.npz", "curves.png", "last.npz",
-                                                     "metrics.jsonl"]
+                                                     "metrics.jsonl", "test.json"]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and records == result["history"]
     assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
             "seconds"} <= records[0].keys()
     assert records[-1]["val_accuracy"] >= 0.9
     last = load_checkpoint(run / "last.npz")
-    assert last.meta["epoch"] == 2 and last.meta["step"] == 2 * 17
+    # 270 training samples less 27 (10%, stratified) for validation: 16 batches an epoch.
+    assert last.meta["epoch"] == 2 and last.meta["step"] == 2 * 16
     assert last.spec == spec.read_text() and last.meta["settings"]["lr"] == 0.05
     assert set(last.params) == {"conv.weight", "conv.bias", "fc.weight", "fc.bias"}
     assert set(last.optimizer) == {"steps"} | {f"momentum_buffer/{k}" for k in last.params}
@@ -138,7 +140,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(tmp_path):
                    verbose=False)
     part.fit()
     first = load_checkpoint(tmp_path / "part" / "last.npz")
-    assert first.meta["step"] == 34
+    assert first.meta["step"] == 32
     stopped = Trainer(spec, out=tmp_path / "stop", threads=1, checkpoint_every=23, verbose=False)
     stopped.settings["epochs"] = 2
 
@@ -172,10 +174,14 @@ def test_nan_loss_stops_and_names_the_layer(tmp_path):
     trainer = Trainer(spec, out=tmp_path / "run", threads=1, checkpoint_every=1, verbose=False)
     with pytest.raises(TrainingError) as info:
         trainer.fit()
-    # The sample's place in epoch 1 among the 270 training samples (10% are held out).
+    # The sample's place in epoch 1 among the 243 training samples (10% are held out for the
+    # test, 10% of the rest for validation).
     held_order = np.random.default_rng(0).permutation(300)
-    train_index = int(np.flatnonzero(held_order[30:] == 123)[0])
-    batch = int(np.flatnonzero(epoch_order(270, 0, 0) == train_index)[0]) // 16 + 1
+    numbered = Dataset(held_order[30:], np.load(tmp_path / "tiny.npz")["y"][held_order[30:]],
+                       ("0", "1", "2"), "tiny")
+    train, _ = split_validation(numbered, 0.1, 0)
+    train_index = int(np.flatnonzero(train.x == 123)[0])
+    batch = int(np.flatnonzero(epoch_order(243, 0, 0) == train_index)[0]) // 16 + 1
     assert str(info.value) == (
         f"step {batch} (epoch 1, batch {batch}): the loss is nan; the first layer whose output "
         f"is not finite is 'conv' (conv2d). Training stopped; "

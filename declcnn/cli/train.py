@@ -13,6 +13,21 @@ from . import main
 from ._common import user_errors
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+DATA_HELP = ("Data to use whatever the spec's dataset says, its format detected: an IDX folder "
+             "(MNIST / Fashion-MNIST), a CIFAR-10 binary folder, an image folder (a sub-folder "
+             "per class) or an .npz (x, y).")
+
+
+def _size(context, parameter, value):
+    """``HxW`` (or one number for a square) as ``(height, width)``."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise click.BadParameter(f"must be HEIGHTxWIDTH, e.g. 32x32; got {value!r}.")
+    return int(parts[0]), int(parts[1])
 
 
 @main.command("train")
@@ -23,8 +38,10 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 @click.option("--seed", type=click.IntRange(min=0), help="Override [training] seed.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="Kernel threads (a run is reproducible bit for bit for a thread count).")
-@click.option("--data", "data_dir", type=click.Path(),
-              help="Folder of the Fashion-MNIST IDX files, or the .npz / image folder to use.")
+@click.option("--data", "data_dir", type=click.Path(), help=DATA_HELP)
+@click.option("--input", "input_size", callback=_size, metavar="HxW",
+              help="Build the network at this image size instead of the spec's input (where "
+                   "every layer allows it, e.g. global pooling); checkpoints remember it.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Run folder (default runs/<spec name>/).")
 @click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[CKPT]",
@@ -33,8 +50,8 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
               help="Steps between checkpoints (one is also written at each epoch's end).")
 @click.option("--quiet", is_flag=True, help="Print only the final summary.")
 @user_errors
-def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, resume,
-                  checkpoint_every, quiet):
+def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, input_size, out,
+                  resume, checkpoint_every, quiet):
     """Train the network of SPEC on the data set its [training] table names."""
     from ..threads import check_thread_count, get_num_threads
     from ..train import Trainer, TrainingInterrupted
@@ -45,7 +62,8 @@ def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, re
         check_thread_count(threads, "--threads")
     trainer = Trainer(spec, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       threads=threads, data_dir=data_dir, out=out,
-                      checkpoint_every=checkpoint_every, verbose=not quiet)
+                      checkpoint_every=checkpoint_every, verbose=not quiet,
+                      input_size=input_size)
     try:
         with RunFolderLock(trainer.run_dir) as lock:
             if lock.removed and not quiet:
@@ -67,20 +85,26 @@ def train_command(spec, epochs, batch_size, lr, seed, threads, data_dir, out, re
             again += ["--data", data_dir]
         # The bits of a run depend on its thread count: resume with the same one.
         again += ["--threads", str(threads or get_num_threads())]
+        if input_size:
+            again += ["--input", f"{input_size[0]}x{input_size[1]}"]
         click.echo(f"interrupted after step {stop.step}; the run is saved in {stop.checkpoint}. "
                    f"Resume with: {shlex.join(again)}", err=True)
         sys.exit(INTERRUPTED_EXIT)
     last = result["history"][-1] if result["history"] else {}
-    score = ("val_mean_iou", "mean IoU") if "val_mean_iou" in last else ("val_accuracy",
-                                                                         "accuracy")
-    if last and result["best"] is None:
-        click.echo(f"done: {last['epoch']} epochs, but no epoch gave a finite validation result, "
-                   f"so no best.npz was written; lower the learning rate or add warm-up. The "
-                   f"last state is in {result['last']}.")
-    elif last:
-        shown = "nan" if last[score[0]] is None else f"{last[score[0]]:.4f}"
-        click.echo(f"done: {last['epoch']} epochs; validation {score[1]} {shown} "
-                   f"(best {result['best']:.4f}); weights in {result['best_path']}")
+    test = result["test"]
+    segmentation = "mean_iou" in test
+    name, key = ("mean IoU", "mean_iou") if segmentation else ("accuracy", "accuracy")
+    if f"val_{key}" in last and result["best"] is None:
+        chosen = ("no epoch gave a finite validation result, so no best.npz was written (lower "
+                  "the learning rate or add warm-up; the test score is of the last epoch)")
+    elif f"val_{key}" in last:
+        shown = "nan" if last[f"val_{key}"] is None else f"{last[f'val_{key}']:.4f}"
+        chosen = (f"validation {name} {shown} (best {result['best']:.4f} at epoch "
+                  f"{result['best_epoch']})")
+    else:
+        chosen = "no validation split"
+    click.echo(f"done: {last.get('epoch', 0)} epochs; {chosen}; test {name} {test[key]:.4f}; "
+               f"weights in {test['weights']}")
 
 
 def _check_overrides(**given) -> None:
@@ -112,19 +136,21 @@ def _matrix_text(matrix, classes) -> str:
 @click.argument("spec", type=click.Path(dir_okay=False))
 @click.option("--weights", required=True, type=click.Path(dir_okay=False),
               help="Checkpoint (.npz) written by declcnn train.")
-@click.option("--data", "data_dir", type=click.Path(),
-              help="Folder of the Fashion-MNIST IDX files, or the .npz / image folder to use.")
+@click.option("--data", "data_dir", type=click.Path(), help=DATA_HELP)
+@click.option("--split", type=click.Choice(["test", "validation", "train"]), default="test",
+              show_default=True, help="Which split to score: the test split, or the validation "
+              "or training part of the training set as the run divided it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
-def eval_command(spec, weights, data_dir, as_json):
-    """Evaluate a checkpoint of SPEC on the test split of its data set."""
+def eval_command(spec, weights, data_dir, split, as_json):
+    """Evaluate a checkpoint of SPEC on the test split of its data set (or another --split)."""
     from ..train import evaluate
 
-    result = evaluate(spec, weights, data_dir=data_dir)
+    result = evaluate(spec, weights, data_dir=data_dir, split=split)
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"{result['dataset']}")
+    click.echo(f"{result['split']} split: {result['dataset']}")
     click.echo(f"accuracy {result['accuracy']:.4f} ({result['samples']} "
                f"{'pixels' if 'mean_iou' in result else 'samples'}), loss {result['loss']:.4f}")
     if "mean_iou" in result:

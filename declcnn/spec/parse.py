@@ -70,8 +70,13 @@ def read_spec(path) -> ParsedSpec:
     return parse_spec(text, file=name)
 
 
-def parse_spec(text: str, file: str | None = None) -> ParsedSpec:
-    """Check a spec's text and expand its blocks; the problems are in ``.problems``."""
+def parse_spec(text, file: str | None = None) -> ParsedSpec:
+    """Check a spec's text (or the dict a TOML reader would make of it: written out as TOML
+    first, so problems have lines) and expand its blocks; the problems are in ``.problems``."""
+    if isinstance(text, dict):
+        from .emit import dumps
+
+        text = dumps(text)
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -31,13 +31,18 @@ DEFAULTS = {
     "seed": 0,
     "augment": [],
     "normalize": True,
+    "validation": 0.1,
+    "label_smoothing": 0.0,
+    "clip_grad_norm": 0.0,
+    "early_stopping": 0,
+    "plateau_patience": 2,
 }
 
 # Names other tools use for our keys, too far from them for difflib to suggest.
 ALIASES = {"learning_rate": "lr", "l2": "weight_decay", "decay": "weight_decay",
            "criterion": "loss", "random_seed": "seed"}
 
-BUILTIN_DATASETS = ("fashion-mnist", "shapes")
+BUILTIN_DATASETS = ("fashion-mnist", "shapes", "shapes-foreground", "shape-classes")
 AUGMENTATIONS = ("flip", "crop", "shift")
 
 # Keys that only mean something for some settings of another key: setting them otherwise is
@@ -48,7 +53,9 @@ APPLIES_TO = {
     "betas": ("optimizer", ("adam", "adamw")),
     "eps": ("optimizer", ("adam", "adamw")),
     "step_size": ("schedule", ("step",)),
-    "gamma": ("schedule", ("step",)),
+    "gamma": ("schedule", ("step", "plateau")),
+    "plateau_patience": ("schedule", ("plateau",)),
+    "label_smoothing": ("loss", ("cross_entropy",)),
 }
 
 
@@ -115,6 +122,20 @@ def _augment(value):
     return None
 
 
+def _validation(value):
+    if isinstance(value, str):
+        if value and value.isidentifier() and value != "test":
+            return None
+        return (f"must name a split the data set holds (e.g. \"val\": arrays x_val and y_val "
+                f"in an .npz, a val/ folder beside train/), not {show(value)}; the test split "
+                f"is never used for selection.")
+    if not is_number(value) or isinstance(value, bool) or not (0 <= value < 1):
+        return (f"must be a fraction ≥ 0 and < 1 of the training set to hold out for "
+                f"validation (0 for none), or the name of a split such as \"val\"; got "
+                f"{show(value)}.")
+    return None
+
+
 def _listed(options) -> str:
     return ", ".join(f"'{o}'" for o in options)
 
@@ -129,7 +150,7 @@ CHECKS = {
     "weight_decay": _number(0.0),
     "betas": _betas,
     "eps": _number(0.0, low_open=True),
-    "schedule": _choice(("none", "step", "cosine")),
+    "schedule": _choice(("none", "step", "cosine", "plateau")),
     "step_size": _integer(1, 10**6),
     "gamma": _number(0.0, low_open=True),
     "warmup_epochs": _integer(0, 10**6),
@@ -138,6 +159,11 @@ CHECKS = {
     "seed": _integer(0, INT64_MAX),
     "augment": _augment,
     "normalize": _boolean,
+    "validation": _validation,
+    "label_smoothing": _number(0.0, 1.0, high_open=True),
+    "clip_grad_norm": _number(0.0),
+    "early_stopping": _integer(0, 10**6),
+    "plateau_patience": _integer(0, 10**6),
 }
 
 
@@ -202,6 +228,11 @@ def check_training(table, spec_file: str | None, report) -> dict:
     if result["nesterov"] and result["momentum"] == 0:
         report("Nesterov momentum needs momentum > 0; set momentum (e.g. 0.9) or nesterov = "
                "false.", "nesterov")
+    for key, used in (("early_stopping", result["early_stopping"] > 0),
+                      ("schedule", result["schedule"] == "plateau")):
+        if used and result["validation"] == 0:
+            report(f"{key} = {show(table[key])} watches the validation score, but validation = "
+                   f"0 holds none out; set validation (e.g. 0.1) or remove {key}.", key)
     if result["warmup_epochs"] > result["epochs"]:
         report(f"{result['warmup_epochs']} warm-up epochs exceed the {result['epochs']} epochs of "
                f"training; lower warmup_epochs or raise epochs.", "warmup_epochs")

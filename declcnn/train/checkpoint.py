@@ -5,7 +5,8 @@ Keys: ``format`` (``"declcnn-checkpoint"``) and ``version``; ``param/<name>`` an
 ``spec`` (the spec's text); ``meta``, a JSON object: ``epoch`` (epochs completed), ``step``
 (optimiser steps taken), ``settings`` (the run's ``[training]`` values), ``history`` (the
 per-epoch metrics), ``dropout_rng`` (the numpy bit generator's state), ``classes``,
-``best``; ``data/mean`` and ``data/std`` (the input normalisation).
+``best``, ``best_epoch``, ``input_shape`` (the size the network was built at),
+``cycle_start``; ``data/mean`` and ``data/std`` (the input normalisation).
 
 Writes are atomic: a temporary file in the same folder, fsync, rename over the target, fsync
 of the folder — a crash leaves the old checkpoint or the new one, never half of one.

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import DataError
 from .augment import augment
 from .datasets import Dataset
 
 # Streams of one run's randomness, mixed into the seed so they never coincide.
-_ORDER_STREAM, _AUGMENT_STREAM = 1, 2
+_ORDER_STREAM, _AUGMENT_STREAM, _VALIDATION_STREAM = 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,63 @@ class Normalizer:
         out -= self.mean[:, None, None]
         out /= self.std[:, None, None]
         return out
+
+
+def split_validation(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    """``(train, validation)``: ``fraction`` of ``data`` held out, a pure function of ``seed``.
+
+    Classification is stratified: ``round(fraction·n_c)`` samples of each class ``c`` (none of
+    a class with a single sample), so the validation set has the training set's class balance.
+    Segmentation draws ``round(fraction·N)`` images.  Both parts keep ``data``'s order.
+    """
+    rng = np.random.default_rng([seed, _VALIDATION_STREAM])
+    if data.segmentation:
+        groups = [np.arange(len(data))]
+    else:
+        groups = [np.flatnonzero(data.y == c) for c in np.unique(data.y)]
+    held = [rng.permutation(members)[:int(round(len(members) * fraction))]
+            for members in groups if len(members) > 1]
+    keep = np.ones(len(data), bool)
+    if held:
+        keep[np.concatenate(held)] = False
+    if keep.all() or not keep.any():
+        raise DataError(f"data set '{data.name}': holding out {fraction:g} of its {len(data)} "
+                        f"training samples for validation leaves "
+                        f"{'none' if keep.all() else 'no training samples'}; set [training] "
+                        f"validation to another fraction, or to 0 for none.")
+    where = f"{fraction:.0%} of the training set{'' if data.segmentation else ', stratified'}"
+    train = Dataset(data.x[keep], data.y[keep], data.classes, data.name,
+                    f"{data.description} less {int((~keep).sum())} for validation",
+                    data.notes, data.splits)
+    validation = Dataset(data.x[~keep], data.y[~keep], data.classes, data.name,
+                         f"validation: {int((~keep).sum())} samples ({where}, seed {seed})")
+    return train, validation
+
+
+def validation_split(data: Dataset, validation, seed: int) -> tuple[Dataset, Dataset | None]:
+    """``(train, validation or None)`` for a ``[training] validation`` value: a fraction of
+    ``data`` (0: none) or the name of a split the data set holds."""
+    if isinstance(validation, str):
+        if validation not in data.splits:
+            held = ", ".join(f"'{name}'" for name in data.splits) or "none besides train and test"
+            raise DataError(f"data set '{data.name}': [training] validation = '{validation}' "
+                            f"names a split it does not hold (it holds {held}); set validation "
+                            f"to a fraction of the training set such as 0.1.")
+        return data, data.splits[validation]
+    if validation == 0:
+        return data, None
+    return split_validation(data, validation, seed)
+
+
+def crop_masks(y: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Masks ``(N, H, W)`` cut to their centre ``size`` ``(h, w)`` (the floor of half the
+    difference off the top and left): the pixels an unpadded network's output covers, as in the
+    U-Net paper's overlap-tile strategy.  The masks themselves when they are that size."""
+    height, width = y.shape[1:]
+    if (height, width) == tuple(size):
+        return y
+    top, left = (height - size[0]) // 2, (width - size[1]) // 2
+    return np.ascontiguousarray(y[:, top:top + size[0], left:left + size[1]])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -58,6 +58,7 @@ class Dataset:
     name: str
     description: str = ""
     notes: list[str] = field(default_factory=list)
+    splits: dict[str, Dataset] = field(default_factory=dict)  # named ones besides train, test
 
     def __len__(self) -> int:
         return len(self.x)
@@ -242,13 +243,41 @@ def make_shapes(n: int, size: tuple[int, int], channels: int = 1, seed: int = 0,
                    f"procedural shapes: {n} images {height}×{width}, seed {seed}")
 
 
-def load_shapes(input_shape, seed: int = 0, n_train: int = 2000,
-                n_test: int = 400) -> tuple[Dataset, Dataset]:
-    """Training and held-out shape sets at the network's input size (held-out: another seed)."""
+def load_shapes(input_shape, seed: int = 0, n_train: int | None = None,
+                n_test: int | None = None) -> tuple[Dataset, Dataset]:
+    """Training and held-out shape sets at the network's input size (held-out: another seed).
+
+    By default 2000 and 400 images up to 64×64, fewer above (as many pixels as 2000 of 64×64,
+    at least 100 images), so a large input (U-Net's) does not need gigabytes."""
     channels, height, width = _image_shape(input_shape, "shapes")
+    if n_train is None:
+        n_train = min(2000, max(100, round(2000 * 64 * 64 / (height * width))))
+    n_test = n_train // 5 if n_test is None else n_test
     train = make_shapes(n_train, (height, width), channels, seed=seed)
     test = make_shapes(n_test, (height, width), channels, seed=seed + 1_000_003)
     return train, test
+
+
+def load_shape_classes(input_shape, seed: int = 0, n_train: int | None = None,
+                       n_test: int | None = None) -> tuple[Dataset, Dataset]:
+    """One shape per image, its class the label (circle, square, triangle): a classification
+    set generated at any input size and channel count (held-out: another seed).  By default
+    1200 and 300 images up to 64×64, fewer above (as many pixels, at least 200 images)."""
+    channels, height, width = _image_shape(input_shape, "shape-classes")
+    if n_train is None:
+        n_train = min(1200, max(200, round(1200 * 64 * 64 / (height * width))))
+    n_test = n_train // 4 if n_test is None else n_test
+    splits = []
+    for n, offset in ((n_train, 0), (n_test, 1_000_003)):
+        shapes = make_shapes(n, (height, width), channels, seed=seed + offset, max_shapes=1)
+        labels = shapes.y.reshape(n, -1).max(axis=1) - 1
+        if (labels < 0).any():
+            raise DataError(f"data set 'shape-classes': at {height}×{width} some shapes cover "
+                            f"no pixel; train at 16×16 or more (--input 32x32).")
+        splits.append(Dataset(shapes.x, labels, SHAPE_CLASSES[1:], "shape-classes",
+                              f"procedural shape classes: {n} images {height}×{width}, seed "
+                              f"{seed + offset}"))
+    return splits[0], splits[1]
 
 
 # -- .npz and image folders ---------------------------------------------------------------------
@@ -300,6 +329,18 @@ def _npz_labels(path: Path, key: str, y, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def from_arrays(x, y, input_shape, what: str = "arrays", classes=None) -> Dataset:
+    """A :class:`Dataset` of numpy arrays (``Trainer.fit(x, y)``): ``x`` ``(N, C, H, W)`` (or
+    ``(N, H, W)`` for one channel), ``uint8`` or numbers; ``y`` class indices per sample or
+    per pixel; checked as an ``.npz``'s arrays are."""
+    images = _npz_images(what, "x", x, input_shape)
+    labels = _npz_labels(what, "y", y, len(images))
+    if classes is None:
+        classes = tuple(str(i) for i in range(int(labels.max(initial=0)) + 1))
+    return Dataset(images, labels, tuple(str(c) for c in classes), what,
+                   f"{what}: {len(images)} samples")
+
+
 def load_npz(path, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
     """An ``.npz`` with ``x`` and ``y`` (and optionally ``x_test``, ``y_test``; otherwise 10% of
     the samples, chosen by ``seed``, are held out).  Optional ``classes``: the class names."""
@@ -336,7 +377,16 @@ def load_npz(path, input_shape, seed: int = 0) -> tuple[Dataset, Dataset]:
                         f"classes=numpy.array(['cat', 'dog', ...]) or leave it out.")
     classes = (tuple(str(c) for c in names) if names is not None
                else tuple(str(i) for i in range(n_classes)))
-    return (Dataset(train_x, train_y, classes, path.name, f"{path}: {len(train_x)} samples"),
+    splits = {}
+    for key in sorted(arrays):  # x_val and y_val (any x_NAME, y_NAME but test): a named split
+        name = key[2:]
+        if key.startswith("x_") and name != "test" and f"y_{name}" in arrays:
+            x_split = _npz_images(path, key, arrays[key], input_shape)
+            splits[name] = Dataset(x_split, _npz_labels(path, f"y_{name}", arrays[f"y_{name}"],
+                                                        len(x_split)),
+                                   classes, path.name, f"{path}: {len(x_split)} '{name}' samples")
+    return (Dataset(train_x, train_y, classes, path.name, f"{path}: {len(train_x)} samples",
+                    splits=splits),
             Dataset(test_x, test_y, classes, path.name, f"{path}: {len(test_x)} held-out samples"))
 
 
@@ -368,12 +418,14 @@ def read_image(path, input_shape) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
-def read_input(path, input_shape) -> np.ndarray:
-    """One input for ``predict``: an image file (resized) or an ``.npy`` array of the network's
-    input shape, ``uint8`` or finite ``float32``; anything else is refused with a message."""
+def read_input(path, input_shape) -> tuple[np.ndarray, tuple]:
+    """One input for ``predict`` and the shape it was stored in: an image file (resized to the
+    network's input) or an ``.npy`` array with the network's channels, ``uint8`` or finite
+    ``float32``, kept at its own height and width (the network may run at another size: the
+    caller checks); anything else is refused with a message."""
     path = Path(path)
     if path.suffix.lower() != ".npy":
-        return read_image(path, input_shape)
+        return read_image(path, input_shape), tuple(input_shape)
     array = read_npy(path, MAX_NPZ_BYTES, DataError,
                      "Save the input with numpy.save(path, array)")
     if array.dtype.kind not in "biuf":
@@ -382,19 +434,20 @@ def read_input(path, input_shape) -> np.ndarray:
     stored = array.shape
     if array.ndim == len(input_shape) - 1 and input_shape[0] == 1:
         array = array[None]  # a grey image without its channel axis
-    if tuple(array.shape) != tuple(input_shape):
+    if array.ndim != len(input_shape) or array.shape[0] != input_shape[0] or (
+            len(input_shape) == 1 and tuple(array.shape) != tuple(input_shape)):
         raise DataError(f"{path}: the array has shape {stored} but the network takes "
                         f"{tuple(input_shape)}; save it in that shape (an image file would be "
                         f"resized instead).")
     if array.dtype == np.uint8:
-        return array
+        return array, stored
     with np.errstate(over="ignore"):  # what overflows float32 is reported just below
         array = array.astype(np.float32)
     if not np.isfinite(array).all():
         bad = int(array.size - np.isfinite(array).sum())
         raise DataError(f"{path}: the array holds {bad} NaN or infinite value(s) (as float32); "
                         f"predictions on them would be NaN. Replace them with finite values.")
-    return array
+    return array, stored
 
 
 def _read_class_folders(root: Path, input_shape) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -433,25 +486,218 @@ def load_image_folder(root, input_shape, seed: int = 0) -> tuple[Dataset, Datase
             Dataset(x_test, y_test, classes, root.name, f"{root}: {len(x_test)} held-out images"))
 
 
-def load_dataset(dataset: str, input_shape, data_dir=None,
-                 seed: int = 0) -> tuple[Dataset, Dataset]:
-    """``(train, test)`` for a ``[training] dataset`` value; ``data_dir`` (``--data``) is the
-    Fashion-MNIST folder, or replaces the path of an ``.npz`` or image-folder data set."""
+def load_dataset(dataset: str, input_shape, data_dir=None, seed: int = 0,
+                 fix=None) -> tuple[Dataset, Dataset]:
+    """``(train, test)`` for a ``[training] dataset`` value; ``data_dir`` (``--data``), when
+    given, replaces it whatever it names: any of :data:`DATA_FORMATS`, detected (and the choice
+    noted in ``train.notes``).  ``fix(images_shape)``, when given, says how to make the spec fit
+    images of another shape (the caller knows the network; this module does not)."""
+    if data_dir:
+        classes = FASHION_CLASSES if dataset == "fashion-mnist" else None
+        train, test, what = load_path(data_dir, input_shape, seed, classes, fix)
+        train.notes.insert(0, what)
+        return train, test
     if dataset == "fashion-mnist":
         train, test = load_fashion_mnist(data_dir)
         if tuple(input_shape) != (1, 28, 28):
             raise DataError(f"Fashion-MNIST images are (1, 28, 28) but the network's input is "
-                            f"{tuple(input_shape)}; set the spec's input to [1, 28, 28].")
+                            f"{tuple(input_shape)}; "
+                            f"{fix((1, 28, 28)) if fix else 'set the spec input to [1, 28, 28]'}.")
         return train, test
     if dataset == "shapes":
-        if data_dir:
-            raise DataError(f"the shapes data set is generated, not read: --data {data_dir} does "
-                            f"not apply; leave it out, or set [training] dataset to a file.")
         return load_shapes(input_shape, seed=seed)
-    path = Path(data_dir or dataset)
+    if dataset == "shapes-foreground":  # two classes: background, and any shape
+        train, test = load_shapes(input_shape, seed=seed)
+        for split in (train, test):
+            split.y = (split.y > 0).astype(np.int64)
+            split.classes, split.name = ("background", "shape"), "shapes-foreground"
+            split.description = split.description.replace("shapes", "shapes (foreground)", 1)
+        return train, test
+    if dataset == "shape-classes":
+        return load_shape_classes(input_shape, seed=seed)
+    path = Path(dataset)
     if path.is_dir():
         return load_image_folder(path, input_shape, seed)
     if path.suffix == ".npz" or path.is_file():
         return load_npz(path, input_shape, seed)
     raise DataError(f"{path}: no such file or folder; give an .npz with arrays x and y, or a "
                     f"folder with one sub-folder of images per class.")
+
+
+# -- any path (--data): the format detected from what is there ---------------------------------
+
+DATA_FORMATS = (
+    "an IDX folder (MNIST or Fashion-MNIST files: train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, gzipped or not, "
+    "any common prefix)",
+    "a CIFAR-10 binary folder (data_batch_1.bin … data_batch_5.bin, test_batch.bin, "
+    "batches.meta.txt)",
+    "an image folder (one sub-folder of images per class, optionally under train/ and test/)",
+    "an .npz archive (arrays x and y; optional x_test, y_test, classes)",
+)
+CIFAR_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck")
+_CIFAR_RECORD = 1 + 3 * 32 * 32  # a label byte, then the red, green and blue 32×32 planes
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+def _idx_files(folder: Path) -> dict[str, Path]:
+    """The IDX files of a folder by stem: ``NAME`` or ``NAME.gz``, after any prefix (the
+    embedded subset's ``fashion-mnist-subset-``)."""
+    found = {}
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    for stem in (s for pair in FASHION_FILES.values() for s in pair):
+        matches = [n for n in names if n.endswith((stem, stem + ".gz"))]
+        if matches:  # prefer the shortest name (no prefix), then the uncompressed one
+            found[stem] = folder / min(matches, key=lambda n: (len(n.removesuffix(".gz")),
+                                                              n.endswith(".gz")))
+    return found
+
+
+def _formats_text() -> str:
+    return "; ".join(DATA_FORMATS)
+
+
+def detect_format(path) -> tuple[str, Path]:
+    """``(format, where)`` for ``--data PATH``: ``"idx"``, ``"cifar10"``, ``"image-folder"`` or
+    ``"npz"``, and the folder or file that holds it (``PATH``, or the data set's usual sub-folder
+    of it: ``fashion-mnist/``, ``mnist/``, ``cifar-10-batches-bin/``)."""
+    path = Path(path).expanduser()
+    if path.is_file():
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+        if path.suffix.lower() == ".npz" or magic == b"PK\x03\x04":
+            return "npz", path
+        raise DataError(f"--data {path}: a file that is not an .npz archive; --data takes "
+                        f"{_formats_text()}.")
+    if not path.is_dir():
+        raise DataError(f"--data {path}: no such file or folder; --data takes {_formats_text()}.")
+    for folder in (path, path / "fashion-mnist", path / "mnist", path / "cifar-10-batches-bin"):
+        if not folder.is_dir():
+            continue
+        if _idx_files(folder):
+            return "idx", folder
+        if any((folder / name).is_file() for name in CIFAR_FILES):
+            return "cifar10", folder
+        if (folder / "data_batch_1").is_file():
+            raise DataError(f"--data {folder}: this is CIFAR-10's pickled Python version, which "
+                            f"declcnn does not read (unpickling runs code); download the binary "
+                            f"version (cifar-10-binary.tar.gz, data_batch_1.bin …) instead.")
+    if any(p.is_dir() for p in path.iterdir()):
+        return "image-folder", path
+    raise DataError(f"--data {path}: found no data set there; --data takes {_formats_text()}.")
+
+
+def _check_images(path, shape: tuple, input_shape, fix=None) -> None:
+    """Refuse images of ``shape`` (C, H, W) that are not the network's input; ``fix(shape)``
+    says how to make the spec fit them."""
+    if tuple(shape) != tuple(input_shape):
+        how = fix(tuple(shape)) if fix else f"set the spec's input to {list(shape)}"
+        raise DataError(f"{path}: the images are {tuple(shape)} but the network's input is "
+                        f"{tuple(input_shape)}; {how}.")
+
+
+def load_idx_folder(folder, input_shape, classes=None, fix=None) -> tuple[Dataset, Dataset]:
+    """MNIST-style IDX files (see :data:`DATA_FORMATS`) as ``(train, test)``; class names are
+    ``classes``, Fashion-MNIST's when a file or folder name says "fashion", else the digits."""
+    folder = Path(folder)
+    files = _idx_files(folder)
+    missing = [s for pair in FASHION_FILES.values() for s in pair if s not in files]
+    if missing:
+        raise DataError(f"{folder}: an IDX data set needs the files "
+                        f"{', '.join(m + '[.gz]' for m in missing)} there too; "
+                        f"{HOW_TO_GET_FASHION}.")
+    if classes is None:
+        fashion = "fashion" in str(folder).lower() or any("fashion" in p.name for p in
+                                                          files.values())
+        classes = FASHION_CLASSES if fashion else DIGIT_CLASSES
+    splits = []
+    for split, (images_stem, labels_stem) in FASHION_FILES.items():
+        images_path, labels_path = files[images_stem], files[labels_stem]
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{images_path} and {labels_path}: expected N×H×W images and N "
+                            f"labels; got shapes {images.shape} and {labels.shape}. The files do "
+                            f"not belong together; download them again.")
+        _check_images(images_path, (1, *images.shape[1:]), input_shape, fix)
+        if labels.size and labels.max() >= len(classes):
+            raise DataError(f"{labels_path}: label {int(labels.max())} is beyond the "
+                            f"{len(classes)} classes (0-{len(classes) - 1}); the file is corrupt "
+                            f"or of another data set.")
+        splits.append(Dataset(images[:, None].astype(np.uint8, copy=False),
+                              labels.astype(np.int64), tuple(classes), folder.name,
+                              f"IDX files in {folder}: {len(images)} {split} images"))
+    return splits[0], splits[1]
+
+
+def _cifar_records(path: Path) -> int:
+    size = path.stat().st_size
+    if size == 0 or size % _CIFAR_RECORD:
+        raise DataError(f"{path}: {size} bytes is not a whole number of CIFAR-10 records "
+                        f"({_CIFAR_RECORD} bytes each: a label byte and 3×32×32 pixels); the "
+                        f"file is truncated or not CIFAR-10's binary version, download it again.")
+    return size // _CIFAR_RECORD
+
+
+def _read_cifar(paths: list[Path], classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The records of ``paths`` into one array: sizes are checked first, then each file is
+    read straight into its rows (one copy of the images in memory, not several)."""
+    counts = [_cifar_records(p) for p in paths]
+    x = np.empty((sum(counts), 3, 32, 32), np.uint8)
+    y = np.empty(sum(counts), np.int64)
+    start = 0
+    for path, count in zip(paths, counts, strict=True):
+        records = np.fromfile(path, np.uint8).reshape(count, _CIFAR_RECORD)
+        if records[:, 0].max() >= classes:
+            raise DataError(f"{path}: label {int(records[:, 0].max())} is beyond the {classes} "
+                            f"classes of batches.meta.txt; the file is corrupt, or CIFAR-100's "
+                            f"(whose records are longer), download CIFAR-10 again.")
+        x[start:start + count] = records[:, 1:].reshape(count, 3, 32, 32)
+        y[start:start + count] = records[:, 0]
+        start += count
+    return x, y
+
+
+def load_cifar10(folder, input_shape, fix=None) -> tuple[Dataset, Dataset]:
+    """CIFAR-10's binary version: ``data_batch_1..5.bin`` for training (those present),
+    ``test_batch.bin`` for the test, class names from ``batches.meta.txt`` when there."""
+    folder = Path(folder)
+    _check_images(folder, (3, 32, 32), input_shape, fix)
+    meta = folder / "batches.meta.txt"
+    classes = CIFAR_CLASSES
+    if meta.is_file():
+        names = tuple(line.strip() for line in meta.read_text().splitlines() if line.strip())
+        classes = names or classes
+    train_files = [folder / n for n in CIFAR_FILES[:-1] if (folder / n).is_file()]
+    test_file = folder / CIFAR_FILES[-1]
+    if not train_files or not test_file.is_file():
+        missing = "data_batch_1.bin … data_batch_5.bin" if not train_files else test_file.name
+        raise DataError(f"{folder}: CIFAR-10 needs {missing} there; download the binary version "
+                        f"(cifar-10-binary.tar.gz) and unpack it.")
+    x, y = _read_cifar(train_files, len(classes))
+    x_test, y_test = _read_cifar([test_file], len(classes))
+    return (Dataset(x, y, classes, "cifar10",
+                    f"CIFAR-10 from {folder}: {len(x)} training images"),
+            Dataset(x_test, y_test, classes, "cifar10",
+                    f"CIFAR-10 from {folder}: {len(x_test)} test images"))
+
+
+FORMAT_NAMES = {"idx": "IDX folder", "cifar10": "CIFAR-10 binary", "image-folder":
+                "image folder", "npz": ".npz archive"}
+
+
+def load_path(path, input_shape, seed: int = 0, classes=None,
+              fix=None) -> tuple[Dataset, Dataset, str]:
+    """``(train, test, what)`` for ``--data PATH`` in any of :data:`DATA_FORMATS`; ``what``
+    says which format was detected where, for the user."""
+    kind, where = detect_format(path)
+    if kind == "idx":
+        train, test = load_idx_folder(where, input_shape, classes, fix)
+    elif kind == "cifar10":
+        train, test = load_cifar10(where, input_shape, fix)
+    elif kind == "image-folder":
+        train, test = load_image_folder(where, input_shape, seed)
+    else:
+        train, test = load_npz(where, input_shape, seed)
+    return train, test, f"--data {path}: read as {FORMAT_NAMES[kind]} ({where})"

@@ -34,10 +34,32 @@ def mean_squared_error(output: np.ndarray, target: np.ndarray) -> tuple[float, n
     return float(np.mean(diff * diff, dtype=np.float64)), diff * np.float32(2 / diff.size)
 
 
+def smooth_labels(output: np.ndarray, target: np.ndarray, ignore_index: int, smoothing: float,
+                  loss: float, grad: np.ndarray) -> tuple[float, np.ndarray]:
+    """Cross-entropy ``loss``, ``grad`` against targets mixed with the uniform distribution:
+    ``L = (1 − ε)·CE + ε·mean over counted targets of −Σ_c log p_c / C``, so ``∂L/∂z =
+    (1 − ε)·∂CE/∂z + ε·(p − 1/C)/n`` (PyTorch's ``CrossEntropyLoss(label_smoothing=ε)``)."""
+    from ..ops.activation import log_softmax
+
+    counted = np.expand_dims(target != ignore_index, 1)
+    n = int(counted.sum())
+    if n == 0:
+        return loss, grad
+    classes = output.shape[1]
+    log_p = log_softmax(output, axis=1)
+    uniform = -float(np.sum(log_p * counted, dtype=np.float64)) / (classes * n)
+    extra = (np.exp(log_p) - np.float32(1 / classes)) * counted * np.float32(smoothing / n)
+    grad = grad * np.float32(1 - smoothing) + extra.astype(grad.dtype)
+    return (1 - smoothing) * loss + smoothing * uniform, grad
+
+
 def compute_loss(kind: str, output: np.ndarray, target: np.ndarray,
-                 ignore_index: int = -100) -> tuple[float, np.ndarray]:
-    """The ``[training] loss`` named ``kind`` and its gradient with respect to ``output``."""
+                 ignore_index: int = -100, smoothing: float = 0.0) -> tuple[float, np.ndarray]:
+    """The ``[training] loss`` named ``kind`` and its gradient with respect to ``output``;
+    ``smoothing`` is cross-entropy's ``label_smoothing``."""
     if kind == "mse":
         return mean_squared_error(output, target)
     loss, grad = softmax_cross_entropy(output, target, ignore_index=ignore_index)
+    if smoothing:
+        return smooth_labels(output, target, ignore_index, smoothing, float(loss), grad)
     return float(loss), grad

@@ -15,10 +15,10 @@ def plot_history(history: list[dict], path) -> Path:
     figure = Figure(figsize=(9, 3.6), layout="constrained")
     for axes, metric, title in zip(figure.subplots(1, 2), ("loss", "accuracy"),
                                    ("loss", "accuracy"), strict=True):
-        for split in ("train", "val"):
+        for split, label in (("train", "train"), ("val", "validation")):
             values = [record.get(f"{split}_{metric}") for record in history]
             if any(v is not None for v in values):
-                axes.plot(epochs, values, marker="o", label=split)
+                axes.plot(epochs, values, marker="o", label=label)
         axes.set_xlabel("epoch")
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)

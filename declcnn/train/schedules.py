@@ -7,6 +7,12 @@ steps after them, the rate at step ``t`` (from 0) is
 * then, with ``u = t − W``:  ``"none"``: ``lr``;  ``"step"``: ``lr·γ^⌊u/(step_size·S)⌋`` (decay
   every ``step_size`` epochs);  ``"cosine"``: ``lr·(1 + cos(π·u/T))/2``.
 
+``"plateau"``: ``lr`` times ``γ`` for each reduction so far, a reduction coming after more than
+``plateau_patience`` epochs in a row whose validation score did not beat the best before them
+(the count then restarts), as PyTorch's ``ReduceLROnPlateau(mode="max", threshold=0)``;
+:func:`plateau_scale` computes the factor from the run's history, so a resumed run gets the
+same one.
+
 These equal PyTorch's ``LinearLR(1/W, total_iters=W−1)`` followed (``SequentialLR``) by
 ``StepLR(step_size·S, γ)`` or ``CosineAnnealingLR(T)``, all stepped once per batch.
 """
@@ -14,6 +20,20 @@ These equal PyTorch's ``LinearLR(1/W, total_iters=W−1)`` followed (``Sequentia
 from __future__ import annotations
 
 import math
+
+
+def plateau_scale(scores: list, patience: int, gamma: float) -> float:
+    """The ``"plateau"`` schedule's factor after the epochs whose validation ``scores`` (None
+    or non-finite: no improvement) are given."""
+    best, bad, scale = None, 0, 1.0
+    for score in scores:
+        if score is not None and math.isfinite(score) and (best is None or score > best):
+            best, bad = score, 0
+        else:
+            bad += 1
+            if bad > patience:
+                scale, bad = scale * gamma, 0
+    return scale
 
 
 def learning_rate(step: int, settings: dict, steps_per_epoch: int) -> float:
